@@ -1,0 +1,394 @@
+"""Rows Φ, the information matrix F(S) and its incremental updates (spec sections 1-5).
+
+Everything is held in *whitened* coordinates: with K_MM = L Lᵀ and Ψ = Φ L⁻ᵀ,
+
+    F̃(S) = I + Σ_{s∈S} W_sᵀ W_s,     W_s = Λ_s^{-1/2} Ψ_s  (r_s × M),
+
+and log det F̃(S) = log det F(S) − log det K_MM. F̃ has all eigenvalues ≥ 1, so its
+Woodbury updates are well conditioned; K_MM is never inverted.
+
+Each frame s contributes a *factor* W_s. With energy observations W_s is the single
+row ψ_s / (σ_E √n_s). Richer observations (forces, virials) only change how factors
+are built (:meth:`InformationModel.factor`); the state and the criteria work on any
+block of rows.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+import scipy.linalg
+from ase import Atoms
+
+from .descriptors import SOAP, iter_descriptors, make_descriptor
+from .exceptions import ConfigurationError, InputError
+from .kernels import Kernel, SparsePoints, choose_sparse_points, cholesky_with_jitter
+from .progress import NULL_PROGRESS, Progress
+
+OBSERVABLES = ("energy", "forces", "virials")
+
+
+@dataclass(frozen=True)
+class Noise:
+    """Observation noise, gap_fit ``default_sigma={σ_E σ_F σ_V 0}``, ``sigma_per_atom=T``.
+
+    The energy row of a frame with n atoms has variance σ_E² n, each force row σ_F²,
+    each virial row σ_V² n (spec section 1). ``per_config_type`` maps a config_type to
+    its own ``{"energy":…, "force":…, "virial":…}`` overrides.
+    """
+
+    energy: float = 0.001
+    force: float = 0.1
+    virial: float = 0.05
+    per_atom: bool = True
+    per_config_type: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+
+    def validate(self) -> "Noise":
+        for name in ("energy", "force", "virial"):
+            if not getattr(self, name) > 0:
+                raise ConfigurationError(f"noise sigma for {name} must be > 0")
+        for ct, table in self.per_config_type.items():
+            for name, value in table.items():
+                if name not in ("energy", "force", "virial") or not float(value) > 0:
+                    raise ConfigurationError(f"bad sigma {name}={value} for config_type {ct!r}")
+        return self
+
+    def sigma(self, name: str, config_type: str | None = None) -> float:
+        table = self.per_config_type.get(config_type, {}) if config_type is not None else {}
+        return float(table.get(name, getattr(self, name)))
+
+    def energy_variance(self, n_atoms: np.ndarray, config_types: Sequence | None = None) -> np.ndarray:
+        """σ_E² n_s per frame (σ_E² if ``per_atom`` is False)."""
+        n = np.asarray(n_atoms, dtype=np.float64)
+        if config_types is None or not self.per_config_type:
+            sig = np.full(len(n), self.energy)
+        else:
+            sig = np.array([self.sigma("energy", ct) for ct in config_types])
+        return sig**2 * (n if self.per_atom else 1.0)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["per_config_type"] = {k: dict(v) for k, v in self.per_config_type.items()}
+        if not d["per_config_type"]:
+            del d["per_config_type"]
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "Noise":
+        return cls(
+            energy=data.get("energy", 0.001),
+            force=data.get("force", 0.1),
+            virial=data.get("virial", 0.05),
+            per_atom=data.get("per_atom", True),
+            per_config_type=data.get("per_config_type", {}) or {},
+        )
+
+
+class DescriptorSource:
+    """Re-iterable chunks of pool descriptors, cached in memory when they fit.
+
+    The first pass computes (and times) the descriptors; later passes replay the
+    cache, or recompute chunk by chunk when the pool's per-atom matrix would exceed
+    ``cache_limit_bytes`` — so memory stays bounded on large pools.
+    """
+
+    def __init__(self, descriptor, frames, *, chunk_size=100, cache_limit_bytes=2e9, progress=NULL_PROGRESS,
+                 dimension_hint: int | None = None):
+        self.descriptor = descriptor
+        self.frames = frames
+        self.chunk_size = chunk_size
+        self.progress = progress
+        self.n_atoms = int(sum(len(a) for a in frames))
+        d = dimension_hint or 1000
+        self._cache: list | None = [] if self.n_atoms * d * 8 <= cache_limit_bytes else None
+        self._complete = False
+        self.seconds = 0.0
+
+    def __call__(self):
+        if self._complete and self._cache is not None:
+            yield from self._cache
+            return
+        with self.progress.stage("descriptors", len(self.frames)) as advance:
+            it = iter_descriptors(self.descriptor, self.frames, chunk_size=self.chunk_size)
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    first, desc = next(it)
+                except StopIteration:
+                    break
+                self.seconds += time.perf_counter() - t0
+                n = desc.n_frames
+                advance(n, sum(len(a) for a in self.frames[first : first + n]))
+                if self._cache is not None and not self._complete:
+                    self._cache.append((first, desc))
+                yield first, desc
+        if self._cache is not None:
+            self._complete = True
+
+
+def energy_rows(source, sparse: SparsePoints, kernel: Kernel, n_frames: int) -> np.ndarray:
+    """Energy rows φ_s = Σ_{i∈s} k(x_i, Z), shape (n_frames, M), streamed by chunk.
+
+    Only the (n_env_chunk × M_z) kernel block of one chunk and species exists at a
+    time; the atom–atom kernel is never formed.
+    """
+    Phi = np.zeros((n_frames, sparse.n_points))
+    cols = sparse.slices()
+    for first, desc in source():
+        for z, block in desc.blocks.items():
+            if z not in cols:
+                raise InputError(f"species {z} is not covered by the sparse points (species {list(cols)})")
+            K = kernel(block.values, sparse.vectors[z])
+            frames, starts = np.unique(block.frame, return_index=True)
+            Phi[first + frames, cols[z]] += np.add.reduceat(K, starts, axis=0)
+    return Phi
+
+
+class InformationState:
+    """F̃ and C = F̃⁻¹ under additions and removals of factor blocks (Woodbury).
+
+    Adding a block W (r × M): with U = C Wᵀ and S = I_r + W C Wᵀ,
+    log det F̃ grows by log det S and C ← C − U S⁻¹ Uᵀ; cost O(M² r).
+    Removing is the same with S = I_r − W C Wᵀ and C ← C + U S⁻¹ Uᵀ.
+    """
+
+    def __init__(self, M: int):
+        self.M = M
+        self.F = np.eye(M)
+        self.C = np.eye(M)
+        self.log_det = 0.0
+
+    def copy(self) -> "InformationState":
+        new = InformationState.__new__(InformationState)
+        new.M, new.F, new.C, new.log_det = self.M, self.F.copy(), self.C.copy(), self.log_det
+        return new
+
+    def gain(self, W: np.ndarray) -> float:
+        """log det(I + W C Wᵀ): the `d` increment of adding W (not applied)."""
+        S = np.eye(len(W)) + W @ self.C @ W.T
+        return float(np.linalg.slogdet(S)[1])
+
+    def update(self, W: np.ndarray, sign: int = +1):
+        """Add (sign=+1) or remove (sign=-1) the block W.
+
+        Returns
+        -------
+        delta : float
+            Change of log det F̃.
+        U : (M, r) array
+            C Wᵀ *before* the update.
+        S_inv : (r, r) array
+            Inverse of I ± W C Wᵀ, so that C_new = C ∓ U S_inv Uᵀ.
+        """
+        W = np.atleast_2d(W)
+        U = self.C @ W.T
+        S = np.eye(len(W)) + sign * (W @ U)
+        sgn, logdet = np.linalg.slogdet(S)
+        if sgn <= 0:
+            raise InputError("cannot remove a frame that is not part of the information state")
+        S_inv = np.linalg.inv(S)
+        self.C -= sign * (U @ S_inv @ U.T)
+        self.C = 0.5 * (self.C + self.C.T)
+        self.F += sign * (W.T @ W)
+        delta = sign * logdet
+        self.log_det += delta
+        return delta, U, S_inv
+
+
+@dataclass
+class InformationModel:
+    """Whitened rows of every pool frame plus what is needed to extend them.
+
+    Attributes
+    ----------
+    psi : (N, M) array
+        Whitened energy rows Ψ = Φ L⁻ᵀ of the pool frames.
+    n_atoms : (N,) int array
+    energy_variance : (N,) array
+        σ_E² n_s of each frame.
+    L : (M, M) lower-triangular
+        Cholesky factor of K_MM + jitter·I.
+    """
+
+    soap: SOAP
+    kernel: Kernel
+    noise: Noise
+    observations: tuple[str, ...]
+    sparse: SparsePoints
+    sparse_method: str
+    seed: int
+    psi: np.ndarray
+    n_atoms: np.ndarray
+    energy_variance: np.ndarray
+    L: np.ndarray
+    jitter: float
+    timings: dict = field(default_factory=dict)
+    config_types: list | None = None
+
+    @property
+    def n_frames(self) -> int:
+        return self.psi.shape[0]
+
+    @property
+    def M(self) -> int:
+        return self.psi.shape[1]
+
+    @property
+    def log_det_K_MM(self) -> float:
+        return float(2.0 * np.sum(np.log(np.diag(self.L))))
+
+    @property
+    def phi(self) -> np.ndarray:
+        """Raw energy rows Φ = Ψ Lᵀ (N, M)."""
+        return self.psi @ self.L.T
+
+    @property
+    def energy_scale(self) -> np.ndarray:
+        """1 / sqrt(σ_E² n_s): turns whitened rows into energy factors."""
+        return 1.0 / np.sqrt(self.energy_variance)
+
+    def whiten(self, phi: np.ndarray) -> np.ndarray:
+        """Ψ = Φ L⁻ᵀ by a triangular solve (never an inverse)."""
+        return scipy.linalg.solve_triangular(self.L, np.atleast_2d(phi).T, lower=True).T
+
+    def factor(self, index: int) -> np.ndarray:
+        """W_s of pool frame ``index``: the (r_s × M) block it adds to F̃."""
+        return self.psi[index : index + 1] * self.energy_scale[index]
+
+    def energy_factors(self, indices=slice(None)) -> np.ndarray:
+        return self.psi[indices] * self.energy_scale[indices, None]
+
+    def information(self, frames: Sequence[int]) -> np.ndarray:
+        """F̃(S) = I + Σ W_sᵀ W_s from scratch (M × M)."""
+        F = np.eye(self.M)
+        for s in frames:
+            W = self.factor(int(s))
+            F += W.T @ W
+        return F
+
+    def d_value(self, frames: Sequence[int]) -> float:
+        """log det F̃(S) = log det F(S) − log det K_MM, from scratch (slogdet)."""
+        sign, logdet = np.linalg.slogdet(self.information(frames))
+        return float(logdet)
+
+    # -- other frames (targets, existing training sets) --------------------
+    def rows_for(self, frames: Sequence[Atoms], *, chunk_size: int = 100) -> np.ndarray:
+        """Whitened energy rows of frames outside the pool, (len(frames), M)."""
+        species = set(self.sparse.species)
+        for k, atoms in enumerate(frames):
+            extra = set(np.unique(atoms.numbers).tolist()) - species
+            if extra:
+                raise InputError(
+                    f"frame {k} contains species {sorted(extra)} not covered by the sparse points "
+                    f"(species {sorted(species)})"
+                )
+        descriptor = make_descriptor(self.soap)
+        source = lambda: iter_descriptors(descriptor, frames, chunk_size=chunk_size)  # noqa: E731
+        return self.whiten(energy_rows(source, self.sparse, self.kernel, len(frames)))
+
+    def predictive_variance(self, C: np.ndarray, psi: np.ndarray, n_atoms: np.ndarray) -> np.ndarray:
+        """v(t) = ψ_tᵀ F̃⁻¹ ψ_t / n_t² (eV²/atom²) for rows ``psi`` given C = F̃⁻¹."""
+        return np.einsum("ij,jk,ik->i", psi, C, psi) / np.asarray(n_atoms, dtype=float) ** 2
+
+
+def build_model(
+    frames: Sequence[Atoms],
+    *,
+    soap: SOAP = SOAP(),
+    kernel: Kernel = Kernel(),
+    noise: Noise = Noise(),
+    observations: Sequence[str] = ("energy",),
+    n_sparse=100,
+    sparse_method: str = "cur",
+    seed: int = 0,
+    chunk_size: int = 100,
+    cache_limit_bytes: float = 2e9,
+    config_types: Sequence | None = None,
+    sparse_locations: Sequence | None = None,
+    progress: Progress = NULL_PROGRESS,
+) -> InformationModel:
+    """Descriptors → sparse points → K_MM → whitened energy rows of every frame.
+
+    Parameters
+    ----------
+    frames : sequence of ase.Atoms
+        The candidate pool.
+    n_sparse : int or mapping
+        Sparse points per centre species.
+    sparse_method : {"cur", "fps"}
+    chunk_size : int
+        Frames per descriptor call (~100 is fastest with featomic).
+    sparse_locations : sequence of [frame, atom], optional
+        Use these pool environments as sparse points (e.g. from a design record)
+        instead of choosing them.
+    """
+    observations = tuple(observations)
+    bad = [o for o in observations if o not in OBSERVABLES]
+    if bad or "energy" not in observations:
+        raise ConfigurationError(f"observations must include energy and be among {OBSERVABLES}, got {observations}")
+    if observations != ("energy",):
+        raise ConfigurationError("force and virial observations are not available in this build")
+    kernel.validate()
+    noise.validate()
+    if len(frames) == 0:
+        raise InputError("the pool is empty")
+    pool_species = sorted({int(z) for a in frames for z in np.unique(a.numbers)})
+    if soap.species is None:
+        soap = soap.with_species(pool_species)
+    else:
+        extra = set(pool_species) - set(soap.species)
+        if extra:
+            raise InputError(f"the pool contains species {sorted(extra)} not listed in the SOAP species {list(soap.species)}")
+    descriptor = make_descriptor(soap)
+    source = DescriptorSource(descriptor, frames, chunk_size=chunk_size, cache_limit_bytes=cache_limit_bytes,
+                              progress=progress)
+    timings: dict = {}
+    t0 = time.perf_counter()
+    if sparse_locations is None:
+        sparse = choose_sparse_points(source, pool_species, n_sparse, method=sparse_method, kernel=kernel, seed=seed)
+    else:
+        sparse = sparse_points_at(frames, sparse_locations, descriptor)
+    desc_before_rows = source.seconds
+    timings["sparse_points"] = time.perf_counter() - t0 - desc_before_rows
+    t1 = time.perf_counter()
+    K = sparse.kernel_matrix(kernel)
+    L, jitter = cholesky_with_jitter(K)
+    timings["kernel_matrix"] = time.perf_counter() - t1
+    t2 = time.perf_counter()
+    phi = energy_rows(source, sparse, kernel, len(frames))
+    psi = scipy.linalg.solve_triangular(L, phi.T, lower=True).T
+    timings["rows"] = time.perf_counter() - t2 - (source.seconds - desc_before_rows)
+    timings["descriptors"] = source.seconds
+    n_atoms = np.array([len(a) for a in frames], dtype=np.int64)
+    return InformationModel(
+        soap=soap, kernel=kernel, noise=noise, observations=observations, sparse=sparse,
+        sparse_method=sparse_method, seed=seed, psi=psi, n_atoms=n_atoms,
+        energy_variance=noise.energy_variance(n_atoms, config_types), L=L, jitter=jitter, timings=timings,
+        config_types=list(config_types) if config_types is not None else None,
+    )
+
+
+def sparse_points_at(frames: Sequence[Atoms], locations: Sequence, descriptor) -> SparsePoints:
+    """Sparse points at given ``[frame, atom]`` pool locations (order kept per species)."""
+    locations = np.asarray(locations, dtype=np.int64).reshape(-1, 2)
+    n = len(frames)
+    for f, a in locations:
+        if not (0 <= f < n and 0 <= a < len(frames[f])):
+            raise InputError(f"sparse point [{f}, {a}] is outside the pool ({n} frames)")
+    needed = sorted(set(locations[:, 0].tolist()))
+    desc = descriptor.compute([frames[f] for f in needed])
+    where = {f: k for k, f in enumerate(needed)}
+    vectors: dict = {}
+    locs: dict = {}
+    for f, a in locations:
+        z = int(frames[f].numbers[a])
+        block = desc.blocks[z]
+        row = np.flatnonzero((block.frame == where[int(f)]) & (block.atom == a))[0]
+        vectors.setdefault(z, []).append(block.values[row])
+        locs.setdefault(z, []).append([int(f), int(a)])
+    species = tuple(sorted(vectors))
+    return SparsePoints(species, {z: np.array(vectors[z]) for z in species},
+                        {z: np.array(locs[z], dtype=np.int64) for z in species}, [])
