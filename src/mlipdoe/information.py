@@ -8,9 +8,9 @@ and log det F̃(S) = log det F(S) − log det K_MM. F̃ has all eigenvalues ≥ 
 Woodbury updates are well conditioned; K_MM is never inverted.
 
 Each frame s contributes a *factor* W_s. With energy observations W_s is the single
-row ψ_s / (σ_E √n_s). Richer observations (forces, virials) only change how factors
-are built (:meth:`InformationModel.factor`); the state and the criteria work on any
-block of rows.
+row ψ_s / (σ_E √n_s). With forces (and virials) W_s is a compressed factor of the
+frame's 1 + 3n (+ 6) scaled rows, W_sᵀW_s = Ψ_sᵀ Λ_s⁻¹ Ψ_s exactly (see :mod:`.rows`
+and docs/forces.md); the state and the criteria work on any block of rows.
 """
 
 from __future__ import annotations
@@ -27,6 +27,12 @@ from .descriptors import SOAP, iter_descriptors, make_descriptor
 from .exceptions import ConfigurationError, InputError
 from .kernels import Kernel, SparsePoints, choose_sparse_points, cholesky_with_jitter
 from .progress import NULL_PROGRESS, Progress
+from .rows import (
+    DEFAULT_GRADIENT_CHUNK_ATOMS,
+    ObservationRows,
+    force_moment,
+    iter_observation_rows,
+)
 
 OBSERVABLES = ("energy", "forces", "virials")
 
@@ -147,6 +153,12 @@ def energy_rows(source, sparse: SparsePoints, kernel: Kernel, n_frames: int) -> 
     return Phi
 
 
+def _ger(alpha: float, x: np.ndarray, y: np.ndarray, A: np.ndarray) -> np.ndarray:
+    """A + alpha x yᵀ in place (BLAS dger on the Fortran view of a C-ordered A)."""
+    out = scipy.linalg.blas.dger(alpha, y, x, a=A.T, overwrite_a=True)
+    return out.T
+
+
 class InformationState:
     """F̃ and C = F̃⁻¹ under additions and removals of factor blocks (Woodbury).
 
@@ -184,6 +196,17 @@ class InformationState:
             Inverse of I ± W C Wᵀ, so that C_new = C ∓ U S_inv Uᵀ.
         """
         W = np.atleast_2d(W)
+        if len(W) == 1:  # rank one: Sherman–Morrison with in-place BLAS rank-one updates
+            w = W[0]
+            u = self.C @ w
+            s = 1.0 + sign * float(w @ u)
+            if s <= 0:
+                raise InputError("cannot remove a frame that is not part of the information state")
+            self.C = _ger(-sign / s, u, u, self.C)
+            self.F = _ger(float(sign), w, w, self.F)
+            logdet = np.log(s)
+            self.log_det += sign * logdet
+            return sign * logdet, u[:, None], np.array([[1.0 / s]])
         U = self.C @ W.T
         S = np.eye(len(W)) + sign * (W @ U)
         sgn, logdet = np.linalg.slogdet(S)
@@ -227,6 +250,13 @@ class InformationModel:
     jitter: float
     timings: dict = field(default_factory=dict)
     config_types: list | None = None
+    #: Per-frame compressed factors (k_s × M), k_s ≤ min(1 + 3n_s (+6), M), when forces or
+    #: virials are observed; ``None`` for energy-only models (the factor is the energy row).
+    factors: list | None = None
+    #: Mean over the pool of Ψ_F,sᵀ Ψ_F,s / (3 n_s) (M × M) when forces are observed:
+    #: the pool-mean force variance of a design is tr(C · pool_force_moment).
+    pool_force_moment: np.ndarray | None = None
+    gradient_chunk_atoms: int = DEFAULT_GRADIENT_CHUNK_ATOMS
 
     @property
     def n_frames(self) -> int:
@@ -252,11 +282,24 @@ class InformationModel:
 
     def whiten(self, phi: np.ndarray) -> np.ndarray:
         """Ψ = Φ L⁻ᵀ by a triangular solve (never an inverse)."""
-        return scipy.linalg.solve_triangular(self.L, np.atleast_2d(phi).T, lower=True).T
+        return np.ascontiguousarray(scipy.linalg.solve_triangular(self.L, np.atleast_2d(phi).T, lower=True).T)
 
     def factor(self, index: int) -> np.ndarray:
-        """W_s of pool frame ``index``: the (r_s × M) block it adds to F̃."""
+        """W_s of pool frame ``index``: the (r_s × M) block it adds to F̃.
+
+        Energy-only: the scaled energy row (1 × M). With forces/virials: the compressed
+        factor (k_s × M) with W_sᵀW_s = Ψ_sᵀ Λ_s⁻¹ Ψ_s (energy + force (+ virial) rows).
+        """
+        if self.factors is not None:
+            return self.factors[index]
         return self.psi[index : index + 1] * self.energy_scale[index]
+
+    @property
+    def factor_ranks(self) -> np.ndarray:
+        """Rows of each frame's factor (N,)."""
+        if self.factors is None:
+            return np.ones(self.n_frames, dtype=np.int64)
+        return np.array([len(f) for f in self.factors], dtype=np.int64)
 
     def energy_factors(self, indices=slice(None)) -> np.ndarray:
         return self.psi[indices] * self.energy_scale[indices, None]
@@ -289,6 +332,84 @@ class InformationModel:
         source = lambda: iter_descriptors(descriptor, frames, chunk_size=chunk_size)  # noqa: E731
         return self.whiten(energy_rows(source, self.sparse, self.kernel, len(frames)))
 
+    def _check_species(self, frames: Sequence[Atoms]) -> None:
+        species = set(self.sparse.species)
+        for k, atoms in enumerate(frames):
+            extra = set(np.unique(atoms.numbers).tolist()) - species
+            if extra:
+                raise InputError(
+                    f"frame {k} contains species {sorted(extra)} not covered by the sparse points "
+                    f"(species {sorted(species)})"
+                )
+
+    def iter_observation_rows(self, frames: Sequence[Atoms], *, observations: Sequence[str] | None = None,
+                              config_types: Sequence | None = None, progress=None):
+        """Stream ``(index, ObservationRows)`` of ``frames`` (see :meth:`observation_rows`)."""
+        observations = tuple(self.observations if observations is None else observations)
+        bad = [o for o in observations if o not in OBSERVABLES]
+        if bad or "energy" not in observations:
+            raise ConfigurationError(f"observations must include energy and be among {OBSERVABLES}, got {observations}")
+        if config_types is not None and len(config_types) != len(frames):
+            raise InputError(f"config_types has {len(config_types)} entries for {len(frames)} frames")
+        self._check_species(frames)
+        descriptor = make_descriptor(self.soap)
+        return iter_observation_rows(descriptor, frames, sparse=self.sparse, kernel=self.kernel, L=self.L,
+                                     noise=self.noise, observations=observations, config_types=config_types,
+                                     max_atoms=self.gradient_chunk_atoms, progress=progress)
+
+    def observation_rows(self, frames: Sequence[Atoms], *, observations: Sequence[str] | None = None,
+                         config_types: Sequence | None = None) -> list[ObservationRows]:
+        """Whitened observation rows of ``frames`` (in or outside the pool).
+
+        Parameters
+        ----------
+        frames : sequence of ase.Atoms
+        observations : tuple of {"energy", "forces", "virials"}, optional
+            Default: the model's observations. Energy is always included.
+        config_types : sequence, optional
+            Per-frame config_type for :meth:`Noise.sigma`; default ``atoms.info["config_type"]``.
+
+        Returns
+        -------
+        list of ObservationRows
+            Per frame: ``psi`` (r × M) whitened rows (energy, forces atom-major x/y/z,
+            virials xx yy zz yz xz xy), ``variance`` (r,), ``kind`` (r,). The prediction of
+            each observation is ``psi @ beta`` with β = F̃⁻¹ Σ Ψ_sᵀ Λ_s⁻¹ y_s
+            (:func:`mlipdoe.rows.posterior_mean`).
+        """
+        out: list = [None] * len(frames)
+        for index, rows in self.iter_observation_rows(frames, observations=observations, config_types=config_types):
+            out[index] = rows
+        return out
+
+    def pool_observation_rows(self, pool_frames: Sequence[Atoms], indices: Sequence[int], *,
+                              observations: Sequence[str] | None = None) -> list[ObservationRows]:
+        """:meth:`observation_rows` of pool frames by index, with the pool's config_types.
+
+        The pool's rows are not stored (only compressed factors), so they are recomputed
+        for the requested frames: cost ∝ their atoms, not the pool's.
+        """
+        if len(pool_frames) != self.n_frames:
+            raise InputError(f"pool_frames has {len(pool_frames)} frames, the model {self.n_frames}")
+        indices = [int(i) for i in indices]
+        frames = [pool_frames[i] for i in indices]
+        cts = [self.config_types[i] for i in indices] if self.config_types is not None else None
+        return self.observation_rows(frames, observations=observations, config_types=cts)
+
+    def force_variance_rows(self, frames: Sequence[Atoms]) -> list[np.ndarray]:
+        """Per target frame t a factor B_t (k_t × M) with B_tᵀB_t = Ψ_F,tᵀ Ψ_F,t / (3 n_t).
+
+        The mean predictive variance of t's force components (eV²/Å²) under C = F̃⁻¹ is
+        v_F(t) = tr(B_t C B_tᵀ) (:meth:`force_variance`); the target mean is tr(C A) with
+        A = mean_t B_tᵀ B_t (:func:`mean_force_moment`). Rank k_t ≤ min(3 n_t, M).
+        """
+        return [force_moment(rows) for _, rows in self.iter_observation_rows(frames, observations=("energy", "forces"))]
+
+    @staticmethod
+    def force_variance(C: np.ndarray, blocks: Sequence[np.ndarray]) -> np.ndarray:
+        """v_F(t) = tr(B_t C B_tᵀ), mean force-component variance of each target (eV²/Å²)."""
+        return np.array([float(np.einsum("ij,jk,ik->", B, C, B)) for B in blocks])
+
     def predictive_variance(self, C: np.ndarray, psi: np.ndarray, n_atoms: np.ndarray) -> np.ndarray:
         """v(t) = ψ_tᵀ F̃⁻¹ ψ_t / n_t² (eV²/atom²) for rows ``psi`` given C = F̃⁻¹."""
         return np.einsum("ij,jk,ik->i", psi, C, psi) / np.asarray(n_atoms, dtype=float) ** 2
@@ -309,8 +430,14 @@ def build_model(
     config_types: Sequence | None = None,
     sparse_locations: Sequence | None = None,
     progress: Progress = NULL_PROGRESS,
+    gradient_chunk_atoms: int = DEFAULT_GRADIENT_CHUNK_ATOMS,
 ) -> InformationModel:
     """Descriptors → sparse points → K_MM → whitened energy rows of every frame.
+
+    With ``observations`` including ``"forces"`` (and/or ``"virials"``) a second,
+    streamed pass computes descriptor gradients ``gradient_chunk_atoms`` atoms at a time,
+    builds each frame's force/virial rows (:mod:`mlipdoe.rows`) and keeps only its
+    compressed factor (``model.factors``) and the pool force moment.
 
     Parameters
     ----------
@@ -329,8 +456,6 @@ def build_model(
     bad = [o for o in observations if o not in OBSERVABLES]
     if bad or "energy" not in observations:
         raise ConfigurationError(f"observations must include energy and be among {OBSERVABLES}, got {observations}")
-    if observations != ("energy",):
-        raise ConfigurationError("force and virial observations are not available in this build")
     kernel.validate()
     noise.validate()
     if len(frames) == 0:
@@ -359,16 +484,34 @@ def build_model(
     timings["kernel_matrix"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     phi = energy_rows(source, sparse, kernel, len(frames))
-    psi = scipy.linalg.solve_triangular(L, phi.T, lower=True).T
+    psi = np.ascontiguousarray(scipy.linalg.solve_triangular(L, phi.T, lower=True).T)
     timings["rows"] = time.perf_counter() - t2 - (source.seconds - desc_before_rows)
     timings["descriptors"] = source.seconds
     n_atoms = np.array([len(a) for a in frames], dtype=np.int64)
-    return InformationModel(
+    model = InformationModel(
         soap=soap, kernel=kernel, noise=noise, observations=observations, sparse=sparse,
         sparse_method=sparse_method, seed=seed, psi=psi, n_atoms=n_atoms,
         energy_variance=noise.energy_variance(n_atoms, config_types), L=L, jitter=jitter, timings=timings,
         config_types=list(config_types) if config_types is not None else None,
+        gradient_chunk_atoms=int(gradient_chunk_atoms),
     )
+    if observations != ("energy",):
+        if config_types is not None and len(config_types) != len(frames):
+            raise InputError(f"config_types has {len(config_types)} entries for {len(frames)} frames")
+        t3 = time.perf_counter()
+        factors: list = [None] * len(frames)
+        moment = np.zeros((model.M, model.M)) if "forces" in observations else None
+        with progress.stage("force rows", len(frames)) as advance:
+            for index, rows in model.iter_observation_rows(frames, config_types=config_types, progress=advance):
+                factors[index] = rows.compressed()
+                if moment is not None:
+                    f = rows.psi[rows.kind == "force"]
+                    moment += f.T @ f / len(f)
+        model.factors = factors
+        if moment is not None:
+            model.pool_force_moment = moment / len(frames)
+        timings["force_rows"] = time.perf_counter() - t3
+    return model
 
 
 def sparse_points_at(frames: Sequence[Atoms], locations: Sequence, descriptor) -> SparsePoints:

@@ -191,7 +191,8 @@ def read_frames(path: PathLike, format: str | None = None) -> list[Atoms]:
     Returns
     -------
     list of ase.Atoms
-        All frames (``index=":"``); a single structure gives a one-element list.
+        All frames (``index=":"``); a single structure gives a one-element
+        list, an empty (0-byte) file an empty list.
 
     Raises
     ------
@@ -203,6 +204,8 @@ def read_frames(path: PathLike, format: str | None = None) -> list[Atoms]:
         raise InputError(f"pool file not found: {p}")
     if os.path.isdir(p):
         raise InputError(f"pool file is a directory, not a structure file: {p}")
+    if os.path.getsize(p) == 0:
+        return []  # ASE cannot guess the format of an empty file; it has no frames
     try:
         frames = ase.io.read(p, index=":", format=format)
     except Exception as exc:  # ASE raises many types; wrap them all

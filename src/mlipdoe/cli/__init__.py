@@ -112,7 +112,9 @@ def main() -> None:
     """Entry point: library errors become one line on stderr and exit code 2."""
     warnings.simplefilter("default")
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except MlipdoeError as exc:
         err.print(f"error: {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -35,6 +35,7 @@ class DOptimal(Criterion):
         self._rank_one = model.observations == ("energy",)
         for f in self.fixed:
             self.state.update(model.factor(f), +1)
+        self._scale = model.energy_scale
         self._q = self._quadratic_forms() if self._rank_one else None
         return self
 
@@ -59,8 +60,11 @@ class DOptimal(Criterion):
             u = U[:, 0]
             for start in range(0, model.n_frames, self.chunk_size):
                 sl = slice(start, start + self.chunk_size)
-                y = model.psi[sl] @ u * model.energy_scale[sl]
-                self._q[sl] -= sign * S_inv[0, 0] * y * y
+                y = model.psi[sl] @ u
+                y *= self._scale[sl]
+                y *= y
+                y *= sign * S_inv[0, 0]
+                self._q[sl] -= y
         return delta
 
     def add(self, index: int) -> float:

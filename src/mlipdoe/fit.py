@@ -1,0 +1,639 @@
+"""Label-backed fitting: the sparse GPR of the spec, its gap_fit twin, and evaluation.
+
+The built-in fit is the posterior mean of spec section 2, solved in whitened
+coordinates (spec section 5): with whitened rows Ψ_s = Φ_s L⁻ᵀ and noise Λ_s,
+
+    F̃ = I + Σ_s Ψ_sᵀ Λ_s⁻¹ Ψ_s,     β = F̃⁻¹ Σ_s Ψ_sᵀ Λ_s⁻¹ y_s,     α = L⁻ᵀ β,
+
+by a Cholesky factorisation of F̃ (eigenvalues ≥ 1); K_MM is never inverted. The
+energy labels have an average per-atom offset e0 = mean_s E_s / n_s removed first
+(gap_fit ``e0_method=average``). Local energies are ε(x) = Σ_m α_m δ² (x·z_m)^ζ.
+
+Force rows (−∂E/∂r of each kernel column) use the SOAP position gradients: with the
+unit vector x = p/|p|, ∂x/∂r = (I − x xᵀ) ∂p/∂r / |p|, so
+
+    ∂k(x_i, z_m)/∂r_j = ζ δ² (x_i·z_m)^{ζ−1} z_mᵀ (I − x_i x_iᵀ) ∂p_i/∂r_j / |p_i|.
+
+When the information model provides ``observation_rows`` (issue 4) those rows are
+used for training; otherwise the rows are computed here (energies and forces; no
+virials).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import scipy.linalg
+from ase import Atoms
+
+from .descriptors import SOAP, make_descriptor
+from .design import atomic_write_text
+from .exceptions import ConfigurationError, InputError, NumericalError
+from .information import Noise
+from .kernels import Kernel, SparsePoints, cholesky_with_jitter
+
+MODEL_FORMAT = "mlipdoe.gpr/1"
+
+__all__ = [
+    "GPRModel", "Labels", "Prediction", "ErrorTable", "read_labels", "fit_gpr", "fit_from_rows",
+    "frame_rows", "evaluate", "fit_gap_fit", "GapFitModel", "load_model", "average_e0",
+]
+
+
+# ---------------------------------------------------------------------------
+# labels
+# ---------------------------------------------------------------------------
+@dataclass
+class Labels:
+    """Reference labels of a list of frames.
+
+    Attributes
+    ----------
+    energy : (N,) array
+        Total energies (eV).
+    forces : list of (n_s, 3) arrays, or None
+        Forces (eV/Å); None when the frames carry no forces.
+    n_atoms : (N,) int array
+    config_types : list of str or None
+    """
+
+    energy: np.ndarray
+    forces: list | None
+    n_atoms: np.ndarray
+    config_types: list
+
+    def subset(self, indices: Sequence[int]) -> "Labels":
+        idx = [int(i) for i in indices]
+        return Labels(self.energy[idx], [self.forces[i] for i in idx] if self.forces is not None else None,
+                      self.n_atoms[idx], [self.config_types[i] for i in idx])
+
+
+def _calc_result(atoms: Atoms, name: str):
+    calc = atoms.calc
+    if calc is None:
+        return None
+    results = getattr(calc, "results", {}) or {}
+    return results.get(name)
+
+
+def read_labels(frames: Sequence[Atoms], *, energy_key: str = "energy", forces_key: str = "force",
+                require_forces: bool = False) -> Labels:
+    """Energies and forces from each frame's calculator, else ``info[energy_key]`` and
+    ``arrays[forces_key]`` (the defaults match the Zuo et al. 2020 extxyz files)."""
+    energies, forces, cts = [], [], []
+    have_forces = True
+    for k, atoms in enumerate(frames):
+        e = _calc_result(atoms, "energy")
+        if e is None:
+            e = atoms.info.get(energy_key)
+        if e is None:
+            raise InputError(f"frame {k} has no energy: no calculator result and no info[{energy_key!r}] "
+                             f"(set --energy-key)")
+        energies.append(float(e))
+        f = _calc_result(atoms, "forces")
+        if f is None:
+            f = atoms.arrays.get(forces_key)
+        if f is None:
+            have_forces = False
+            if require_forces:
+                raise InputError(f"frame {k} has no forces: no calculator result and no arrays[{forces_key!r}] "
+                                 f"(set --forces-key)")
+        else:
+            f = np.asarray(f, dtype=np.float64)
+            if f.shape != (len(atoms), 3):
+                raise InputError(f"frame {k}: forces have shape {f.shape}, expected ({len(atoms)}, 3)")
+        forces.append(f)
+        cts.append(str(atoms.info.get("config_type", "default")))
+    n = np.array([len(a) for a in frames], dtype=np.int64)
+    return Labels(np.array(energies), forces if have_forces else None, n, cts)
+
+
+def average_e0(labels: Labels) -> float:
+    """gap_fit ``e0_method=average``: mean over frames of E_s / n_s (eV/atom)."""
+    return float(np.mean(labels.energy / labels.n_atoms))
+
+
+# ---------------------------------------------------------------------------
+# rows
+# ---------------------------------------------------------------------------
+def _check_species(frames, sparse: SparsePoints):
+    species = set(sparse.species)
+    for k, atoms in enumerate(frames):
+        extra = set(np.unique(atoms.numbers).tolist()) - species
+        if extra:
+            raise InputError(f"frame {k} contains species {sorted(extra)} not covered by the sparse points "
+                             f"(species {sorted(species)})")
+
+
+def _chunks_by_atoms(frames, max_atoms: int):
+    start, count = 0, 0
+    for k, atoms in enumerate(frames):
+        if k > start and count + len(atoms) > max_atoms:
+            yield start, k
+            start, count = k, 0
+        count += len(atoms)
+    if start < len(frames):
+        yield start, len(frames)
+
+
+def _tangent_gradients(block, values_g, samples_g):
+    """(∂p/∂r projected on the tangent of the unit sphere) / |p| for every gradient
+    sample: (n_grad, 3, D), and the block row of each sample."""
+    row = samples_g[:, 0]
+    x = block.values[row]                                   # (n_grad, D)
+    proj = np.einsum("gcd,gd->gc", values_g, x)             # (n_grad, 3)
+    Gt = values_g - proj[:, :, None] * x[:, None, :]
+    Gt /= block.norms[row][:, None, None]
+    return Gt, row
+
+
+def frame_rows(frames: Sequence[Atoms], soap: SOAP, kernel: Kernel, sparse: SparsePoints, L: np.ndarray, *,
+               forces: bool = True, max_atoms: int = 1500) -> list[dict]:
+    """Whitened observation rows of each frame (computed here, energies and forces).
+
+    Returns
+    -------
+    list of dict
+        Per frame ``{"energy": (M,), "forces": (3 n_s, M) or None}``; force rows are
+        atom-major (atom0 x, y, z, atom1, ...), rows of F = −∂E/∂r, whitened by L⁻¹.
+    """
+    _check_species(frames, sparse)
+    descriptor = make_descriptor(soap)
+    cols = sparse.slices()
+    M = sparse.n_points
+    out: list[dict] = []
+    for a, b in _chunks_by_atoms(frames, max_atoms):
+        chunk = list(frames[a:b])
+        desc = descriptor.compute(chunk, gradients=("positions",) if forces else ())
+        offsets = np.concatenate([[0], np.cumsum([len(x) for x in chunk])])
+        phi = np.zeros((len(chunk), M))
+        frc = np.zeros((3 * offsets[-1], M)) if forces else None
+        for z, block in desc.blocks.items():
+            Z = sparse.vectors[z]
+            dots = block.values @ Z.T                        # (n_env, M_z)
+            K = kernel.power(dots.copy())
+            np.add.at(phi[:, cols[z]], block.frame, K)
+            if forces:
+                vals, samp = block.gradients["positions"]
+                Gt, row = _tangent_gradients(block, vals, samp)
+                coef = kernel.zeta * kernel.delta**2 * dots ** (kernel.zeta - 1)   # (n_env, M_z)
+                dk = np.einsum("gcd,md->gcm", Gt, Z) * coef[row][:, None, :]      # (n_grad, 3, M_z)
+                atom_global = offsets[samp[:, 1]] + samp[:, 2]
+                target = np.zeros((offsets[-1], 3, len(Z)))
+                np.add.at(target, atom_global, -dk)
+                frc[:, cols[z]] += target.reshape(-1, len(Z))
+        psi = scipy.linalg.solve_triangular(L, phi.T, lower=True).T
+        psif = scipy.linalg.solve_triangular(L, frc.T, lower=True).T if forces else None
+        for k in range(len(chunk)):
+            out.append({"energy": psi[k],
+                        "forces": psif[3 * offsets[k]:3 * offsets[k + 1]] if forces else None})
+    return out
+
+
+def rows_from_observation_model(model, frames: Sequence[Atoms], observations) -> list[dict]:
+    """Adapter for issue 4's ``InformationModel.observation_rows`` (psi, variance, kind)."""
+    blocks = model.observation_rows(frames, observations=tuple(observations))
+    out = []
+    for blk in blocks:
+        kind = np.asarray(blk.kind)
+        psi = np.asarray(blk.psi)
+        out.append({"energy": psi[kind == "energy"][0],
+                    "forces": psi[kind == "force"] if np.any(kind == "force") else None,
+                    "virial": psi[kind == "virial"] if np.any(kind == "virial") else None})
+    return out
+
+
+# ---------------------------------------------------------------------------
+# the fitted model
+# ---------------------------------------------------------------------------
+@dataclass
+class Prediction:
+    """Predicted energies (N,) (eV) and forces (list of (n_s, 3), or None)."""
+
+    energy: np.ndarray
+    forces: list | None
+    n_atoms: np.ndarray
+
+
+@dataclass
+class GPRModel:
+    """A fitted sparse GPR (GAP) in whitened coordinates.
+
+    Attributes
+    ----------
+    beta : (M,) array
+        Whitened weights; α = L⁻ᵀ β are the GAP coefficients.
+    e0 : float
+        Per-atom energy offset (eV/atom).
+    """
+
+    soap: SOAP
+    kernel: Kernel
+    noise: Noise
+    sparse: SparsePoints
+    L: np.ndarray
+    beta: np.ndarray
+    e0: float
+    jitter: float = 0.0
+    observations: tuple = ("energy",)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def alpha(self) -> np.ndarray:
+        return scipy.linalg.solve_triangular(self.L.T, self.beta, lower=False)
+
+    @property
+    def M(self) -> int:
+        return len(self.beta)
+
+    def predict_rows(self, rows: Sequence[dict], n_atoms: np.ndarray, *, forces: bool = True) -> Prediction:
+        """Predictions from precomputed whitened rows (see :func:`frame_rows`)."""
+        energy = np.array([r["energy"] @ self.beta for r in rows]) + self.e0 * np.asarray(n_atoms)
+        f = [(r["forces"] @ self.beta).reshape(-1, 3) for r in rows] if forces else None
+        return Prediction(energy, f, np.asarray(n_atoms))
+
+    def predict(self, frames: Sequence[Atoms], *, forces: bool = True, max_atoms: int = 1500) -> Prediction:
+        """Energies (and forces) of new frames through α (no M-sized rows are formed)."""
+        _check_species(frames, self.sparse)
+        descriptor = make_descriptor(self.soap)
+        alpha = self.alpha
+        cols = self.sparse.slices()
+        kern = self.kernel
+        energies, force_list = [], []
+        for a, b in _chunks_by_atoms(frames, max_atoms):
+            chunk = list(frames[a:b])
+            desc = descriptor.compute(chunk, gradients=("positions",) if forces else ())
+            offsets = np.concatenate([[0], np.cumsum([len(x) for x in chunk])])
+            e = np.zeros(len(chunk))
+            f = np.zeros((offsets[-1], 3))
+            for z, block in desc.blocks.items():
+                Z = self.sparse.vectors[z]
+                al = alpha[cols[z]]
+                dots = block.values @ Z.T
+                np.add.at(e, block.frame, kern.power(dots.copy()) @ al)
+                if forces:
+                    vals, samp = block.gradients["positions"]
+                    # c_i = Σ_m α_m ζ δ² (x_i·z_m)^{ζ-1} z_m  (n_env, D)
+                    c = (kern.zeta * kern.delta**2 * dots ** (kern.zeta - 1) * al) @ Z
+                    Gt, row = _tangent_gradients(block, vals, samp)
+                    dE = np.einsum("gcd,gd->gc", Gt, c[row])
+                    np.add.at(f, offsets[samp[:, 1]] + samp[:, 2], -dE)
+            energies.append(e)
+            force_list += [f[offsets[k]:offsets[k + 1]] for k in range(len(chunk))]
+        n = np.array([len(x) for x in frames])
+        return Prediction(np.concatenate(energies) + self.e0 * n, force_list if forces else None, n)
+
+    # -- persistence (no pickles) -----------------------------------------
+    def save(self, directory) -> None:
+        """Write ``model.json`` (hypers) and ``arrays.npz`` (L, β, sparse vectors)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        arrays = {"L": self.L, "beta": self.beta}
+        for z in self.sparse.species:
+            arrays[f"sparse_vectors_{z}"] = self.sparse.vectors[z]
+            arrays[f"sparse_locations_{z}"] = np.asarray(self.sparse.locations[z], dtype=np.int64)
+        fd, tmp = tempfile.mkstemp(prefix=".arrays.", suffix=".npz", dir=directory)
+        os.close(fd)
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **arrays)
+            os.replace(tmp, directory / "arrays.npz")
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        meta = {
+            "format": MODEL_FORMAT, "engine": "builtin", "descriptor": self.soap.to_dict(),
+            "kernel": self.kernel.to_dict(), "noise": self.noise.to_dict(), "e0": self.e0,
+            "jitter": self.jitter, "observations": list(self.observations),
+            "species": list(self.sparse.species), "meta": self.meta,
+        }
+        atomic_write_text(directory / "model.json", json.dumps(meta, indent=1))
+
+    @classmethod
+    def load(cls, directory) -> "GPRModel":
+        directory = Path(directory)
+        try:
+            meta = json.loads((directory / "model.json").read_text())
+        except FileNotFoundError:
+            raise InputError(f"{directory} is not a model directory (no model.json)") from None
+        if meta.get("format") != MODEL_FORMAT or meta.get("engine") != "builtin":
+            raise InputError(f"{directory}/model.json is not a built-in mlipdoe model")
+        with np.load(directory / "arrays.npz", allow_pickle=False) as npz:
+            species = tuple(int(z) for z in meta["species"])
+            sparse = SparsePoints(species, {z: npz[f"sparse_vectors_{z}"] for z in species},
+                                  {z: npz[f"sparse_locations_{z}"] for z in species}, [])
+            L, beta = npz["L"], npz["beta"]
+        return cls(SOAP.from_dict(meta["descriptor"]), Kernel.from_dict(meta["kernel"]),
+                   Noise.from_dict(meta["noise"]), sparse, L, beta, float(meta["e0"]), float(meta["jitter"]),
+                   tuple(meta["observations"]), meta.get("meta", {}))
+
+
+# ---------------------------------------------------------------------------
+# fitting
+# ---------------------------------------------------------------------------
+def fit_from_rows(rows: Sequence[dict], labels: Labels, *, noise: Noise, use_forces: bool = True,
+                  e0: float | None = None) -> tuple[np.ndarray, float]:
+    """β = F̃⁻¹ Σ_s Ψ_sᵀ Λ_s⁻¹ y_s by Cholesky of F̃ (spec section 2, whitened).
+
+    Parameters
+    ----------
+    rows : list of dict
+        Whitened rows per training frame: ``"energy"`` (M,), ``"forces"`` (3 n_s, M).
+    labels : Labels
+        Labels of the same frames, in the same order.
+    e0 : float, optional
+        Per-atom offset; default :func:`average_e0` of the labels.
+
+    Returns
+    -------
+    beta : (M,) array
+    e0 : float
+    """
+    if len(rows) == 0:
+        raise InputError("cannot fit on an empty training set")
+    if e0 is None:
+        e0 = average_e0(labels)
+    use_forces = use_forces and labels.forces is not None
+    M = len(rows[0]["energy"])
+    F = np.eye(M)
+    b = np.zeros(M)
+    E_rows = np.array([r["energy"] for r in rows])
+    var_E = np.array([noise.sigma("energy", ct) ** 2 for ct in labels.config_types])
+    if noise.per_atom:
+        var_E = var_E * labels.n_atoms
+    yE = labels.energy - e0 * labels.n_atoms
+    W = E_rows / np.sqrt(var_E)[:, None]
+    F += W.T @ W
+    b += E_rows.T @ (yE / var_E)
+    if use_forces:
+        for r, f, ct in zip(rows, labels.forces, labels.config_types):
+            if r.get("forces") is None:
+                raise ConfigurationError("force labels given but the rows carry no force rows")
+            inv = 1.0 / noise.sigma("force", ct) ** 2
+            P = r["forces"]
+            F += inv * (P.T @ P)
+            b += inv * (P.T @ f.reshape(-1))
+    try:
+        cho = scipy.linalg.cho_factor(F, lower=True)
+    except np.linalg.LinAlgError:
+        raise NumericalError("the whitened information matrix is not positive definite") from None
+    return scipy.linalg.cho_solve(cho, b), float(e0)
+
+
+def fit_gpr(frames: Sequence[Atoms], labels: Labels | None = None, *, soap: SOAP, kernel: Kernel = Kernel(),
+            noise: Noise = Noise(), sparse: SparsePoints, use_forces: bool = True, info_model=None,
+            energy_key: str = "energy", forces_key: str = "force") -> GPRModel:
+    """Fit the built-in sparse GPR on ``frames`` with the given sparse points.
+
+    Parameters
+    ----------
+    frames : list of ase.Atoms
+        Training frames (labels read by :func:`read_labels` unless ``labels`` given).
+    sparse : SparsePoints
+        Sparse points (e.g. of a design record's pool).
+    info_model : InformationModel, optional
+        When it offers ``observation_rows`` (force/virial rows) those rows are used.
+    """
+    if labels is None:
+        labels = read_labels(frames, energy_key=energy_key, forces_key=forces_key)
+    use_forces = use_forces and labels.forces is not None
+    if soap.species is None:
+        soap = soap.with_species(sparse.species)
+    t0 = time.perf_counter()
+    K = sparse.kernel_matrix(kernel)
+    L, jitter = cholesky_with_jitter(K)
+    if info_model is not None and hasattr(info_model, "observation_rows") and np.allclose(info_model.L, L):
+        obs = ("energy", "forces") if use_forces else ("energy",)
+        rows = rows_from_observation_model(info_model, frames, obs)
+    else:
+        rows = frame_rows(frames, soap, kernel, sparse, L, forces=use_forces)
+    beta, e0 = fit_from_rows(rows, labels, noise=noise, use_forces=use_forces)
+    obs = ("energy", "forces") if use_forces else ("energy",)
+    return GPRModel(soap, kernel, noise, sparse, L, beta, e0, jitter, obs,
+                    {"n_train": len(frames), "fit_seconds": round(time.perf_counter() - t0, 3)})
+
+
+# ---------------------------------------------------------------------------
+# gap_fit bridge
+# ---------------------------------------------------------------------------
+def _gap_string(soap: SOAP, kernel: Kernel, z: int, n_sparse: int, index_file: str) -> str:
+    species = " ".join(str(s) for s in soap.species)
+    return (f"soap cutoff={soap.cutoff} cutoff_transition_width={soap.cutoff_transition_width} "
+            f"n_max={soap.n_max} l_max={soap.l_max} atom_sigma={soap.atom_sigma} zeta={kernel.zeta} "
+            f"delta={kernel.delta} covariance_type=dot_product n_species={len(soap.species)} "
+            f"species_Z={{{species}}} Z={z} n_sparse={n_sparse} sparse_method=index_file "
+            f"sparse_file={index_file}")
+
+
+@dataclass
+class GapFitModel:
+    """A potential written by the real ``gap_fit``; predicts via quippy."""
+
+    directory: Path
+    meta: dict
+
+    def predict(self, frames: Sequence[Atoms], *, forces: bool = True, **_) -> Prediction:
+        from quippy.potential import Potential
+
+        pot = Potential(param_filename=str(self.directory / "gp.xml"))
+        energies, flist = [], []
+        for atoms in frames:
+            a = atoms.copy()
+            a.calc = pot
+            energies.append(a.get_potential_energy())
+            if forces:
+                flist.append(np.array(a.get_forces()))
+        return Prediction(np.array(energies), flist if forces else None, np.array([len(a) for a in frames]))
+
+    @classmethod
+    def load(cls, directory) -> "GapFitModel":
+        directory = Path(directory)
+        meta = json.loads((directory / "model.json").read_text())
+        return cls(directory, meta)
+
+
+def fit_gap_fit(frames: Sequence[Atoms], labels: Labels | None = None, *, soap: SOAP, kernel: Kernel = Kernel(),
+                noise: Noise = Noise(), sparse_frames: Sequence[Atoms] = (), sparse_locations: Sequence = (),
+                output, use_forces: bool = True, energy_key: str = "energy", forces_key: str = "force",
+                executable: str = "gap_fit", timeout: float = 3600) -> GapFitModel:
+    """Run the real ``gap_fit`` (quippy-ase) with the built-in fit's hypers and sparse points.
+
+    ``sparse_locations`` are ``[k, atom]`` pairs into ``sparse_frames``. Frames holding
+    sparse points that are not training frames are appended with a per-frame
+    ``energy_sigma`` of 1e3 eV and no forces, so they carry the sparse points but
+    (practically) no data. gap_fit's ``sparse_method=index_file`` then gets, per centre
+    species, the 1-based indices of those atoms among that species' atoms in file order.
+    """
+    import ase.io
+
+    if shutil.which(executable) is None:
+        raise ConfigurationError(f"{executable!r} not found: install quippy-ase (pip install quippy-ase)")
+    if labels is None:
+        labels = read_labels(frames, energy_key=energy_key, forces_key=forces_key)
+    use_forces = use_forces and labels.forces is not None
+    if soap.species is None:
+        soap = soap.with_species(sorted({int(z) for a in frames for z in a.numbers}))
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    e0 = average_e0(labels)
+    train = []
+    for k, atoms in enumerate(frames):
+        a = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+        a.info["energy"] = float(labels.energy[k])
+        a.info["config_type"] = labels.config_types[k]
+        if use_forces:
+            a.arrays["force"] = labels.forces[k]
+        train.append(a)
+    # map sparse points to frames of the file (reuse identical training frames)
+    key = lambda a: (a.numbers.tobytes(), np.round(a.positions, 8).tobytes(), np.round(a.cell.array, 8).tobytes())  # noqa: E731
+    where = {key(a): k for k, a in enumerate(train)}
+    file_loc = []
+    for f, atom in np.asarray(sparse_locations, dtype=np.int64).reshape(-1, 2):
+        src = sparse_frames[int(f)]
+        k = where.get(key(src))
+        if k is None:
+            a = Atoms(src.numbers, src.positions, cell=src.cell, pbc=src.pbc)
+            a.info["energy"] = e0 * len(a)
+            a.info["energy_sigma"] = 1e3
+            a.info["config_type"] = "sparse_carrier"
+            if use_forces:
+                a.arrays["force"] = np.zeros((len(a), 3))
+                a.arrays["force_mask"] = np.ones(len(a), dtype=bool)
+            train.append(a)
+            k = where[key(src)] = len(train) - 1
+        file_loc.append((k, int(atom)))
+    if not file_loc:
+        raise InputError("gap_fit needs sparse points (from a design record)")
+    # per-species 1-based index of each atom among that species' atoms in file order
+    gaps = []
+    for z in soap.species:
+        counter, idx = 0, {}
+        for k, a in enumerate(train):
+            for i in np.flatnonzero(a.numbers == z):
+                counter += 1
+                idx[(k, int(i))] = counter
+        chosen = sorted(idx[(k, i)] for k, i in file_loc if train[k].numbers[i] == z)
+        if not chosen:
+            continue
+        fname = f"sparse_index_{z}.txt"
+        atomic_write_text(output / fname, "\n".join(str(c) for c in chosen) + "\n")
+        gaps.append(_gap_string(soap, kernel, z, len(chosen), fname))
+    ase.io.write(output / "train.xyz", train, format="extxyz")
+    sig = f"{{{noise.energy} {noise.force} {noise.virial} 0.0}}"
+    cmd = [executable, "at_file=train.xyz", "gap={" + " : ".join(gaps) + "}", f"default_sigma={sig}",
+           "e0_method=average", "energy_parameter_name=energy", "force_parameter_name=force",
+           "force_mask_parameter_name=force_mask", "sigma_parameter_name=sigma",
+           f"sigma_per_atom={'T' if noise.per_atom else 'F'}", "sparse_jitter=1e-8", "gp_file=gp.xml"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=output, capture_output=True, text=True, timeout=timeout)
+    atomic_write_text(output / "gap_fit.log", proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+        raise NumericalError(f"gap_fit failed (exit {proc.returncode}): {' | '.join(tail)}")
+    meta = {"format": MODEL_FORMAT, "engine": "gap_fit", "command": cmd, "descriptor": soap.to_dict(),
+            "kernel": kernel.to_dict(), "noise": noise.to_dict(), "e0_average": e0,
+            "n_train": len(frames), "n_carrier_frames": len(train) - len(frames),
+            "fit_seconds": round(time.perf_counter() - t0, 3)}
+    atomic_write_text(output / "model.json", json.dumps(meta, indent=1))
+    return GapFitModel(output, meta)
+
+
+def load_model(directory):
+    """A :class:`GPRModel` or :class:`GapFitModel` from a model directory."""
+    directory = Path(directory)
+    try:
+        meta = json.loads((directory / "model.json").read_text())
+    except FileNotFoundError:
+        raise InputError(f"{directory} is not a model directory (no model.json)") from None
+    if meta.get("engine") == "gap_fit":
+        return GapFitModel.load(directory)
+    return GPRModel.load(directory)
+
+
+# ---------------------------------------------------------------------------
+# evaluation
+# ---------------------------------------------------------------------------
+@dataclass
+class ErrorTable:
+    """Test errors, overall and per config_type.
+
+    ``rows``: list of dicts with group, n_frames, energy_rmse/energy_mae (eV/atom),
+    force_rmse/force_mae (eV/Å per component; NaN without forces).
+    """
+
+    rows: list
+
+    def overall(self) -> dict:
+        return self.rows[0]
+
+
+def _errors(pred_e, ref_e, n, pred_f, ref_f) -> dict:
+    de = (pred_e - ref_e) / n
+    out = {"n_frames": int(len(de)), "energy_rmse": float(np.sqrt(np.mean(de**2))) if len(de) else np.nan,
+           "energy_mae": float(np.mean(np.abs(de))) if len(de) else np.nan}
+    if pred_f is not None and ref_f is not None and len(pred_f):
+        d = np.concatenate([(p - r).reshape(-1) for p, r in zip(pred_f, ref_f)])
+        out["force_rmse"] = float(np.sqrt(np.mean(d**2)))
+        out["force_mae"] = float(np.mean(np.abs(d)))
+    else:
+        out["force_rmse"] = out["force_mae"] = float("nan")
+    return out
+
+
+def evaluate(prediction: Prediction, labels: Labels) -> ErrorTable:
+    """Energy RMSE/MAE per atom and force RMSE/MAE per component, overall and per config_type."""
+    rows = [{"group": "all", **_errors(prediction.energy, labels.energy, labels.n_atoms, prediction.forces,
+                                       labels.forces)}]
+    cts = np.array(labels.config_types)
+    for ct in sorted(set(labels.config_types)):
+        idx = np.flatnonzero(cts == ct)
+        pf = [prediction.forces[i] for i in idx] if prediction.forces is not None else None
+        rf = [labels.forces[i] for i in idx] if labels.forces is not None else None
+        rows.append({"group": ct, **_errors(prediction.energy[idx], labels.energy[idx], labels.n_atoms[idx], pf, rf)})
+    return ErrorTable(rows)
+
+
+def parity_plot(prediction: Prediction, labels: Labels, path, *, title: str = "") -> None:
+    """Energy-per-atom and force-component parity plots in one PNG (atomic, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .plots import save_figure
+
+    n_panels = 2 if (prediction.forces is not None and labels.forces is not None) else 1
+    fig, axes = plt.subplots(1, n_panels, figsize=(5 * n_panels, 4.5), squeeze=False)
+    ax = axes[0, 0]
+    cts = np.array(labels.config_types)
+    for ct in sorted(set(labels.config_types)):
+        idx = np.flatnonzero(cts == ct)
+        ax.scatter(labels.energy[idx] / labels.n_atoms[idx], prediction.energy[idx] / labels.n_atoms[idx], s=12,
+                   label=ct)
+    lo, hi = ax.get_xlim()
+    ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
+    ax.set_xlabel("reference energy (eV/atom)")
+    ax.set_ylabel("predicted energy (eV/atom)")
+    if len(set(labels.config_types)) <= 12:
+        ax.legend(fontsize=7)
+    if n_panels == 2:
+        ax = axes[0, 1]
+        ref = np.concatenate([f.reshape(-1) for f in labels.forces])
+        pred = np.concatenate([f.reshape(-1) for f in prediction.forces])
+        ax.scatter(ref, pred, s=3, alpha=0.5)
+        lo, hi = ax.get_xlim()
+        ax.plot([lo, hi], [lo, hi], "k-", lw=0.8)
+        ax.set_xlabel("reference force (eV/Å)")
+        ax.set_ylabel("predicted force (eV/Å)")
+    if title:
+        fig.suptitle(title)
+    save_figure(fig, path)
