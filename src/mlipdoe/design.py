@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import platform
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .atomic import atomic_output
 from .exceptions import InputError
 
 FORMAT = "mlipdoe.design/1"
@@ -93,18 +92,9 @@ def _plain(obj):
 
 
 def atomic_write_text(path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Write ``text`` to ``path`` atomically (see :func:`mlipdoe.atomic.atomic_output`)."""
+    with atomic_output(path) as tmp:
+        Path(tmp).write_text(text)
 
 
 def write_record(record: DesignRecord, path) -> None:

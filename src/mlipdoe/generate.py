@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from typing import Sequence, Union
 
 import ase.io
@@ -27,6 +26,7 @@ from ase.build import bulk
 from ase.data import chemical_symbols
 from scipy.stats import qmc
 
+from .atomic import atomic_output
 from .exceptions import InputError
 
 __all__ = [
@@ -363,19 +363,8 @@ def write_frames(frames: Atoms | Sequence[Atoms], path: Union[str, "os.PathLike[
     directory = os.path.dirname(target)
     if not os.path.isdir(directory):
         raise InputError(f"output directory does not exist: {directory}")
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(target)}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_output(target) as tmp:
         ase.io.write(tmp, frames, format="extxyz")
-        # mkstemp creates 0600; give the file the usual umask-derived mode.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 # ------------------------------------------------------------------ internals
