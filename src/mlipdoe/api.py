@@ -10,13 +10,14 @@ from typing import Sequence
 import numpy as np
 from ase import Atoms
 
-from .criteria import make_criterion
+from .budget import Budget, uses_info_costs
+from .criteria import CRITERIA, existing_rows, make_criterion, mean_pooled_descriptors, target_rows
 from .descriptors import SOAP
 from .design import DesignRecord, read_record
 from .exceptions import ConfigurationError, InputError
 from .information import InformationModel, Noise, build_model
 from .kernels import Kernel
-from .optimizers import greedy
+from .optimizers import cost_greedy, exchange, greedy, lazy_greedy
 from .pool import Pool, pool_from_frames, read_pool
 from .progress import NULL_PROGRESS, Progress
 
@@ -74,46 +75,225 @@ class SelectionResult:
     extra: dict = field(default_factory=dict)
 
 
-def select(pool, *, n: int, criterion: str = "d", soap: SOAP = SOAP(), kernel: Kernel = Kernel(),
-           noise: Noise = Noise(), n_sparse=100, sparse_method: str = "cur", seed: int = 0,
+def _frames_and_file(source, what: str):
+    """(frames, file dict) of a Pool, list of Atoms or path(s); None passes through."""
+    if source is None:
+        return None, None
+    try:
+        p = as_pool(source)
+    except InputError as exc:
+        raise InputError(f"{what}: {exc}") from None
+    files = [f.to_dict() for f in p.files]
+    info = files[0] if len(files) == 1 else {"files": files}
+    info = dict(info)
+    info["n_frames"] = len(p)
+    return p.frames, info
+
+
+def resolve_frames(spec, pool: Pool, what: str) -> list[int]:
+    """Pool indices named by ``spec``: ints (pool index) and/or strings (config_type).
+
+    Strings that are whole numbers count as indices. Raises :class:`InputError` for an
+    index outside the pool or a config_type no frame has.
+    """
+    if spec is None:
+        return []
+    if isinstance(spec, (str, int, np.integer)):
+        spec = [spec]
+    out: list[int] = []
+    cts = pool.config_types
+    for item in spec:
+        if isinstance(item, str) and item.strip().lstrip("-").isdigit():
+            item = int(item)
+        if isinstance(item, (int, np.integer)):
+            if not 0 <= int(item) < len(pool):
+                raise InputError(f"{what} frame index {int(item)} is outside the pool ({len(pool)} frames)")
+            out.append(int(item))
+        else:
+            hits = [k for k, ct in enumerate(cts) if ct == str(item)]
+            if not hits:
+                known = sorted({str(c) for c in cts if c is not None})
+                raise InputError(f"{what}: no pool frame has config_type {str(item)!r} "
+                                 f"(known: {', '.join(known) or 'none'})")
+            out.extend(hits)
+    return list(dict.fromkeys(out))
+
+
+def _as_spec_list(spec) -> list:
+    """include/exclude as given, JSON-ready (ints stay ints, config_types strings)."""
+    if spec is None:
+        return []
+    items = [spec] if isinstance(spec, (str, int, np.integer)) else list(spec)
+    return [x if isinstance(x, str) else int(x) for x in items]
+
+
+def make_budget(*, n=None, budget_atoms=None, budget_cost=None, cost_power: float = 3.0) -> Budget:
+    """The one budget given (``n``, ``budget_atoms`` or ``budget_cost``), validated."""
+    given = [(k, v) for k, v in (("count", n), ("atoms", budget_atoms), ("cost", budget_cost)) if v is not None]
+    if len(given) != 1:
+        raise InputError("give exactly one budget: -n (frames), --budget-atoms or --budget-cost")
+    kind, value = given[0]
+    if kind == "count" and (not isinstance(value, (int, np.integer)) or value <= 0):
+        raise InputError(f"n must be a positive number of frames, got {value}")
+    return Budget(kind, float(value), float(cost_power)).validate()
+
+
+def criterion_inputs(name: str, model: InformationModel, pool: Pool, *, target_frames=None, existing_frames=None,
+                     vectors=None) -> dict:
+    """Options for :func:`make_criterion`: target rows (i, g), existing rows, pool frames (fps, cur)."""
+    opts: dict = {}
+    if existing_frames is not None:
+        opts["existing"] = existing_rows(model, existing_frames)
+    if name in ("i", "g") and target_frames is not None:
+        opts["target"] = target_rows(model, target_frames)
+    if name in ("fps", "cur"):
+        if vectors is not None:
+            opts["vectors"] = vectors
+        else:
+            opts["frames"] = pool.frames
+    return opts
+
+
+def _check_covered(model: InformationModel, frames, what: str) -> None:
+    species = set(int(z) for z in model.sparse.species)
+    for k, atoms in enumerate(frames):
+        extra = set(int(z) for z in np.unique(atoms.numbers)) - species
+        if extra:
+            raise InputError(f"{what} frame {k} contains species {sorted(extra)} that the pool's sparse points do not "
+                             f"cover (species {sorted(species)})")
+
+
+def select(pool, *, n: int | None = None, criterion: str = "d", optimizer: str = "greedy", restarts: int = 0,
+           max_iter: int = 100, budget_atoms: float | None = None, budget_cost: float | None = None,
+           cost_power: float = 3.0, target=None, existing=None, include=(), exclude=(),
+           soap: SOAP = SOAP(), kernel: Kernel = Kernel(), noise: Noise = Noise(),
+           observations: Sequence[str] = ("energy",), n_sparse=100, sparse_method: str = "cur", seed: int = 0,
            threshold: float | None = None, fixed: Sequence[int] = (), model: InformationModel | None = None,
-           chunk_size: int = 100, progress: Progress = NULL_PROGRESS) -> SelectionResult:
-    """Choose ``n`` frames of ``pool`` that maximise ``criterion``.
+           lazy: bool = True, chunk_size: int = 100, progress: Progress = NULL_PROGRESS) -> SelectionResult:
+    """Choose frames of ``pool`` that maximise ``criterion`` within a budget.
 
     Parameters
     ----------
     pool : Pool, list of ase.Atoms, path or list of paths
-    n : int
-        Number of frames to pick (besides ``fixed``).
+    n : int, optional
+        Number of frames to pick (besides fixed/included frames).
     criterion : str
-        ``"d"`` (D-optimal) or ``"random"``.
+        One of :data:`mlipdoe.criteria.CRITERIA`: d, a, i, g, e, maximin, random, fps, cur.
+    optimizer : {"greedy", "exchange"}
+        Greedy (lazy automatically for submodular criteria with a count budget unless
+        ``lazy=False``), or greedy followed by Fedorov exchange with ``restarts``
+        random restarts and at most ``max_iter`` swaps per run.
+    budget_atoms, budget_cost, cost_power
+        The other budgets (exactly one of ``n``/``budget_atoms``/``budget_cost``):
+        Σ n_s ≤ budget_atoms, or Σ cost(s) ≤ budget_cost with cost(s) = n_s^cost_power
+        or ``info["cost"]``. Cost-aware greedy, see :func:`mlipdoe.optimizers.cost_greedy`.
+    target : Pool, list of Atoms or path, optional
+        Where the potential will be used (criteria ``i`` and ``g``; default the pool).
+    existing : Pool, list of Atoms or path, optional
+        A training set already computed: its rows enter F(S) first, never removed.
+    include, exclude : sequences of int (pool index) or str (config_type)
+        Pool frames forced into the design (treated as fixed: already in the training
+        set, not charged to the budget) or never chosen.
+    observations : tuple of {"energy", "forces", "virials"}
+        Passed to :func:`build_information_model` (with ``noise``'s σ_F, σ_V).
     threshold : float, optional
         Stop early when the best gain falls below it.
     fixed : sequence of int
-        Pool frames already in the training set: they enter F(S) first.
+        Pool frames already in the training set (same as ``include`` by index).
     model : InformationModel, optional
         Reuse a model built by :func:`build_information_model` on the same pool.
+    lazy : bool
+        Allow lazy greedy (Minoux 1978) for submodular criteria; same design, fewer
+        gain evaluations (``result.extra["saved_fraction"]``).
+    max_iter : int
+        Most swaps per exchange run.
+
+    Raises
+    ------
+    InputError
+        Bad combinations: a frame both included and excluded, a budget smaller than the
+        cheapest frame, a target/existing frame with species the sparse points do not
+        cover, more frames requested than available.
     """
     pool = as_pool(pool)
-    if not isinstance(n, (int, np.integer)) or n <= 0:
-        raise InputError(f"n must be a positive number of frames, got {n}")
-    fixed = [int(f) for f in fixed]
-    bad = [f for f in fixed if not 0 <= f < len(pool)]
-    if bad:
-        raise InputError(f"fixed frame index {bad[0]} is outside the pool ({len(pool)} frames)")
+    if optimizer not in ("greedy", "exchange"):
+        raise InputError(f"unknown optimizer {optimizer!r}; use greedy or exchange")
+    if criterion not in CRITERIA:
+        raise InputError(f"unknown criterion {criterion!r} (available: {', '.join(CRITERIA)})")
+    if not isinstance(restarts, (int, np.integer)) or restarts < 0:
+        raise InputError(f"restarts must be a whole number >= 0, got {restarts}")
+    budget = make_budget(n=n, budget_atoms=budget_atoms, budget_cost=budget_cost, cost_power=cost_power)
+    fixed_idx = resolve_frames(list(fixed), pool, "fixed") + resolve_frames(include, pool, "include")
+    fixed_idx = list(dict.fromkeys(fixed_idx))
+    excluded = resolve_frames(exclude, pool, "exclude")
+    both = sorted(set(fixed_idx) & set(excluded))
+    if both:
+        raise InputError(f"frame {both[0]} is both included (or fixed) and excluded; drop it from one of them")
     available = np.ones(len(pool), dtype=bool)
-    available[fixed] = False
-    if n > int(available.sum()):
-        raise InputError(f"n = {n} exceeds the {int(available.sum())} frames available in the pool")
-    crit = make_criterion(criterion)
+    available[fixed_idx] = False
+    available[excluded] = False
+    if not available.any():
+        raise InputError("no pool frames are left to choose from after include/exclude")
+    costs = budget.costs(pool.frames)
+    budget.check_affordable(costs, available)
+    if budget.kind == "count" and int(budget.value) > int(available.sum()):
+        raise InputError(f"n = {int(budget.value)} exceeds the {int(available.sum())} frames available in the pool")
+    target_frames, target_info = _frames_and_file(target, "target")
+    existing_frames, existing_info = _frames_and_file(existing, "existing")
     if model is None:
-        model = build_information_model(pool, soap=soap, kernel=kernel, noise=noise, n_sparse=n_sparse,
-                                        sparse_method=sparse_method, seed=seed, chunk_size=chunk_size,
-                                        progress=progress)
+        model = build_information_model(pool, soap=soap, kernel=kernel, noise=noise, observations=observations,
+                                        n_sparse=n_sparse, sparse_method=sparse_method, seed=seed,
+                                        chunk_size=chunk_size, progress=progress)
+    if target_frames is not None:
+        _check_covered(model, target_frames, "target")
     t0 = time.perf_counter()
-    crit.initialize(model, fixed=fixed, seed=seed)
-    run = greedy(crit, int(n), available=available, threshold=threshold, progress=progress)
+    opts = criterion_inputs(criterion, model, pool, target_frames=target_frames, existing_frames=existing_frames)
+    crit = make_criterion(criterion, lenient=True, **opts)
+    crit.initialize(model, fixed=fixed_idx, seed=seed)
+    details: dict = {}
+    if budget.kind == "count":
+        use_lazy = bool(lazy and crit.submodular)
+        run_fn = lazy_greedy if use_lazy else greedy
+        run = run_fn(crit, int(budget.value), available=available, threshold=threshold, progress=progress)
+        details.update(lazy=use_lazy, **{k: v for k, v in run.extra.items() if k != "lazy"})
+    else:
+        run = cost_greedy(crit, costs, budget.value, available=available, threshold=threshold, progress=progress)
+        details.update(lazy=False, spent=run.extra["spent"], phases=run.extra["phases"])
+    details["n_gain_evaluations"] = run.n_evaluations
+    selected, gains, values, stopped = run.selected, run.gains, run.values, run.stopped_by
+    if optimizer == "exchange":
+        greedy_value = float(crit.value())
+        ex = exchange(crit, selected, available=available, max_iter=max_iter, restarts=int(restarts), seed=seed,
+                      costs=None if budget.kind == "count" else costs,
+                      budget=None if budget.kind == "count" else budget.value, progress=progress)
+        selected, gains, values = ex.selected, ex.gains, ex.values
+        details["exchange"] = {"greedy_value": greedy_value, "start_value": ex.start_value, "value": ex.value,
+                               "history": ex.history, "n_swaps": ex.n_swaps, "n_evaluations": ex.n_evaluations,
+                               "restarts": int(restarts), "max_iter": int(max_iter), "stopped_by": ex.stopped_by,
+                               "runs": [{k: v for k, v in r.items() if k != "history"} for r in ex.runs]}
+    spent = float(costs[selected].sum()) if selected else 0.0
     timings = dict(model.timings, selection=time.perf_counter() - t0)
+    budget_dict = budget.to_dict()
+    budget_dict["spent"] = int(spent) if spent.is_integer() else spent
+    if budget.kind == "cost":
+        budget_dict["cost_source"] = "info" if uses_info_costs(pool.frames) else "n_atoms^p"
+    extras = {
+        "sparse_method": model.sparse_method,
+        "n_sparse": n_sparse if isinstance(n_sparse, int) else dict(n_sparse),
+        "jitter": model.jitter,
+        "sparse_points_dropped": model.sparse.dropped,
+        "threshold": threshold,
+        "stopped_by": stopped,
+        "n_gain_evaluations": run.n_evaluations,
+        "optimizer_details": details,
+        "include": _as_spec_list(include),
+        "exclude": _as_spec_list(exclude),
+        "excluded": excluded,
+    }
+    if existing_info is not None:
+        extras["existing"] = existing_info
+    if target_info is not None:
+        extras["target"] = target_info
     record = DesignRecord(
         pool=[f.to_dict() for f in pool.files],
         descriptor=model.soap.to_dict(),
@@ -122,27 +302,96 @@ def select(pool, *, n: int, criterion: str = "d", soap: SOAP = SOAP(), kernel: K
         observations=list(model.observations),
         sparse_points=model.sparse.location_list(),
         criterion=criterion,
-        optimizer="greedy",
+        optimizer=optimizer,
         seed=int(seed),
-        budget={"kind": "count", "value": int(n)},
-        fixed=fixed,
-        selected=run.selected,
-        gains=run.gains,
+        budget=budget_dict,
+        fixed=fixed_idx,
+        selected=[int(s) for s in selected],
+        gains=[float(g) for g in gains],
         value=float(crit.value()),
         log_det_K_MM=model.log_det_K_MM,
         timings_s={k: round(v, 6) for k, v in timings.items()},
-        extras={
-            "sparse_method": model.sparse_method,
-            "n_sparse": n_sparse if isinstance(n_sparse, int) else dict(n_sparse),
-            "jitter": model.jitter,
-            "sparse_points_dropped": model.sparse.dropped,
-            "threshold": threshold,
-            "stopped_by": run.stopped_by,
-            "n_gain_evaluations": run.n_evaluations,
-        },
+        extras=extras,
     )
-    return SelectionResult(run.selected, run.gains, float(crit.value()), run.values, record, model, pool,
-                           run.stopped_by)
+    return SelectionResult(list(selected), list(gains), float(crit.value()), list(values), record, model, pool,
+                           stopped, extra=details)
+
+
+def score(pool, *, design, model: InformationModel | None = None, target=None, existing=None,
+          criteria: Sequence[str] | None = None, n_sparse=100, soap: SOAP = SOAP(), seed: int = 0,
+          progress: Progress = NULL_PROGRESS) -> dict:
+    """Evaluate every criterion on a given set of frames, on equal terms.
+
+    Parameters
+    ----------
+    pool : Pool, list of ase.Atoms or path(s)
+    design : DesignRecord, path of a design record, or sequence of int
+        A record (its fixed + selected frames, its model) or pool indices.
+    model : InformationModel, optional
+        Default: rebuilt from the record, or built with ``n_sparse``/``soap``/``seed``
+        for plain indices.
+    target : Pool, list of Atoms or path, optional
+        Target of ``i``/``g`` (default: the pool).
+    existing : optional
+        Frames outside the pool in the training set (default: the record's
+        ``existing`` file if it is still at its path).
+    criteria : sequence of str, optional
+        Default: every criterion except ``random`` (whose value is ``d``'s).
+
+    Returns
+    -------
+    dict
+        ``{"frames": [...], "n_frames", "n_atoms", "M", "target", "criteria": {name: value},
+        "mean_target_variance", "max_target_variance"}``.
+    """
+    pool = as_pool(pool)
+    record = None
+    if isinstance(design, DesignRecord) or isinstance(design, (str, Path)):
+        record = design if isinstance(design, DesignRecord) else read_record(design)
+        indices = [int(i) for i in list(record.fixed) + list(record.selected)]
+        if model is None:
+            model = model_from_record(record, pool, progress=progress)
+        if existing is None and "existing" in record.extras:
+            path = record.extras["existing"].get("path")
+            if path and Path(path).is_file():
+                existing = path
+    else:
+        indices = [int(i) for i in design]
+        if model is None:
+            model = build_information_model(pool, soap=soap, n_sparse=n_sparse, seed=seed, progress=progress)
+    if not indices:
+        raise InputError("the design to score has no frames")
+    bad = [i for i in indices if not 0 <= i < len(pool)]
+    if bad:
+        raise InputError(f"design frame index {bad[0]} is outside the pool ({len(pool)} frames)")
+    if len(set(indices)) != len(indices):
+        raise InputError("the design to score lists a frame twice")
+    if model.n_frames != len(pool):
+        raise InputError(f"the model has {model.n_frames} frames but the pool {len(pool)}")
+    target_frames, target_info = _frames_and_file(target, "target")
+    existing_frames, _ = _frames_and_file(existing, "existing")
+    names = [c for c in CRITERIA if c != "random"] if criteria is None else list(criteria)
+    shared = {}
+    if existing_frames is not None:
+        shared["existing"] = existing_rows(model, existing_frames)
+    if target_frames is not None:
+        shared["target"] = target_rows(model, target_frames)
+    if any(c in ("fps", "cur") for c in names):
+        shared["vectors"] = mean_pooled_descriptors(pool.frames, model.soap)
+    values = {}
+    for name in names:
+        crit = make_criterion(name, lenient=True, **shared).initialize(model, fixed=indices, seed=seed)
+        values[name] = float(crit.value())
+    out = {
+        "frames": indices, "n_frames": len(indices), "n_atoms": int(sum(len(pool.frames[i]) for i in indices)),
+        "M": model.M, "target": target_info if target_info is not None else "pool",
+        "existing": None if existing_frames is None else len(existing_frames), "criteria": values,
+    }
+    if "i" in values:
+        out["mean_target_variance"] = -values["i"]
+    if "g" in values:
+        out["max_target_variance"] = -values["g"]
+    return out
 
 
 def model_from_record(record: DesignRecord | str | Path, pool, *, progress: Progress = NULL_PROGRESS) -> InformationModel:
@@ -167,18 +416,34 @@ def check_pool_matches(record: DesignRecord, pool: Pool) -> None:
 
 
 def verify_record(record, pool, *, rtol: float = 1e-6) -> dict:
-    """Recompute log det F̃ of fixed + selected from scratch and compare with the record.
+    """Recompute the recorded criterion value of fixed + selected and compare.
 
-    Only meaningful for criteria whose recorded value is the `d` value (``d``,
-    ``random``). Returns ``{"recorded", "recomputed", "ok"}``.
+    ``d``/``random`` without existing frames: log det F̃ from scratch (slogdet). Other
+    criteria, or records with an ``existing`` training set (read again from its path,
+    which must still exist): the value of a criterion state built from the frames
+    (:func:`score`). Returns ``{"recorded", "recomputed", "ok"}``.
     """
     if not isinstance(record, DesignRecord):
         record = read_record(record)
+    pool = as_pool(pool)
     model = model_from_record(record, pool)
-    if record.criterion not in ("d", "random"):
-        raise ConfigurationError(f"verify recomputes the d value; criterion {record.criterion!r} is not supported")
-    value = model.d_value(list(record.fixed) + list(record.selected))
-    ok = bool(np.isclose(value, record.value, rtol=rtol, atol=1e-9))
+    if record.criterion not in CRITERIA:
+        raise ConfigurationError(f"verify: unknown criterion {record.criterion!r}")
+    name = "d" if record.criterion == "random" else record.criterion
+    existing = record.extras.get("existing")
+    target = record.extras.get("target")
+    if existing is not None and not Path(str(existing.get("path", ""))).is_file():
+        raise InputError(f"verify needs the existing training set {existing.get('path')!r} the record was made with")
+    if target is not None and name in ("i", "g") and not Path(str(target.get("path", ""))).is_file():
+        raise InputError(f"verify needs the target file {target.get('path')!r} the record was made with")
+    if name == "d" and existing is None:
+        value = model.d_value(list(record.fixed) + list(record.selected))
+    else:
+        value = score(pool, design=record, model=model, criteria=[name],
+                      target=target.get("path") if target is not None and name in ("i", "g") else None,
+                      existing=existing.get("path") if existing is not None else None)["criteria"][name]
+    ok = bool(np.isclose(value, record.value, rtol=rtol, atol=1e-9 * max(1.0, abs(record.value))
+                         if name in ("d", "e", "cur") else 1e-12 * max(1e-300, abs(record.value))))
     return {"recorded": record.value, "recomputed": value, "ok": ok}
 
 

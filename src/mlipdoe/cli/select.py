@@ -1,4 +1,4 @@
-"""Commands: generate, select, verify, demo."""
+"""Commands: generate, select, score, verify, demo."""
 
 from __future__ import annotations
 
@@ -39,20 +39,44 @@ def generate(
     out.print(f"wrote {len(frames)} frames of {len(frames[0])} atoms to {output}")
 
 
+def _split(values: Optional[List[str]]) -> list[str]:
+    """Repeatable, comma-separated option values → flat list of tokens."""
+    out: list[str] = []
+    for v in values or []:
+        out.extend(t.strip() for t in str(v).split(",") if t.strip())
+    return out
+
+
 @app.command()
 def select(
     pool: List[Path] = typer.Argument(..., help="Candidate configurations: any file(s) ASE reads; all frames used."),
-    n: int = typer.Option(..., "-n", help="Number of frames to select."),
+    n: Optional[int] = typer.Option(None, "-n", help="Number of frames to select (count budget)."),
+    budget_atoms: Optional[int] = typer.Option(None, "--budget-atoms", help="Budget: total atoms of the new frames."),
+    budget_cost: Optional[float] = typer.Option(
+        None, "--budget-cost", help="Budget: total DFT cost, cost(s) = n_s^p or info['cost']."),
+    cost_power: float = typer.Option(3.0, "--cost-power", help="p in cost(s) = n_s^p."),
     output: Path = typer.Option(Path("train.xyz"), "-o", "--output", help="extxyz file of the selected frames."),
     record: Optional[Path] = typer.Option(Path("design.json"), "--record", help="Design record (JSON) to write."),
-    criterion: str = typer.Option("d", help="d (D-optimal) or random."),
+    criterion: str = typer.Option("d", help="d, a, i, g, e, maximin, random, fps or cur (all maximised)."),
+    optimizer: str = typer.Option("greedy", help="greedy (lazy for d) or exchange (greedy + Fedorov exchange)."),
+    restarts: int = typer.Option(0, help="Random restarts of the exchange optimizer."),
+    max_iter: int = typer.Option(100, "--max-iter", help="Most swaps per exchange run."),
+    target: Optional[Path] = typer.Option(None, "--target", help="Frames where the potential will be used (i, g)."),
+    existing: Optional[Path] = typer.Option(None, "--existing", help="Training set already computed (kept, fixed)."),
+    include: Optional[List[str]] = typer.Option(
+        None, "--include", help="Pool frames forced in: indices and/or config_types, comma-separated, repeatable."),
+    exclude: Optional[List[str]] = typer.Option(
+        None, "--exclude", help="Pool frames never chosen: indices and/or config_types, comma-separated."),
+    observe: str = typer.Option("energy", "--observe", help="Observations: energy[,forces][,virials]."),
     n_sparse: int = typer.Option(100, help="Sparse points per centre species."),
     sparse_method: str = typer.Option("cur", help="Sparse points by cur (leverage scores) or fps."),
     zeta: float = typer.Option(4, help="Kernel power ζ."),
     delta: float = typer.Option(1.0, help="Kernel scale δ."),
     sigma_energy: float = typer.Option(0.001, help="Energy noise σ_E (eV/atom)."),
+    sigma_force: float = typer.Option(0.1, "--sigma-force", help="Force noise σ_F (eV/Å)."),
+    sigma_virial: float = typer.Option(0.05, "--sigma-virial", help="Virial noise σ_V (eV/atom)."),
     threshold: Optional[float] = typer.Option(None, help="Stop when the best gain falls below this."),
-    seed: int = typer.Option(0, help="Random seed (sparse points, random baseline)."),
+    seed: int = typer.Option(0, help="Random seed (sparse points, random baseline, restarts)."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bars."),
     soap_cutoff: float = SOAP_OPTS["soap_cutoff"],
     soap_width: float = SOAP_OPTS["soap_width"],
@@ -66,15 +90,57 @@ def select(
     from ..kernels import Kernel
     from ..pool import read_pool
 
+    observations = tuple(_split([observe]))
     frames = read_pool([str(p) for p in pool])
     result = run_select(
-        frames, n=n, criterion=criterion, soap=_soap(soap_cutoff, soap_width, n_max, l_max, atom_sigma),
-        kernel=Kernel(zeta=zeta, delta=delta), noise=Noise(energy=sigma_energy), n_sparse=n_sparse,
-        sparse_method=sparse_method, seed=seed, threshold=threshold, progress=_progress(quiet),
+        frames, n=n, budget_atoms=budget_atoms, budget_cost=budget_cost, cost_power=cost_power,
+        criterion=criterion, optimizer=optimizer, restarts=restarts, max_iter=max_iter,
+        target=str(target) if target else None, existing=str(existing) if existing else None,
+        include=_split(include), exclude=_split(exclude), observations=observations,
+        soap=_soap(soap_cutoff, soap_width, n_max, l_max, atom_sigma),
+        kernel=Kernel(zeta=zeta, delta=delta), noise=Noise(energy=sigma_energy, force=sigma_force, virial=sigma_virial),
+        n_sparse=n_sparse, sparse_method=sparse_method, seed=seed, threshold=threshold, progress=_progress(quiet),
     )
     _write_outputs(result, output, record)
     _print_picks(result)
+    details = result.extra
+    if details.get("lazy"):
+        out.print(f"lazy greedy: {details['n_gain_evaluations']} gain evaluations "
+                  f"({100 * details['saved_fraction']:.1f}% fewer than plain greedy)")
+    if "exchange" in details:
+        ex = details["exchange"]
+        out.print(f"exchange: greedy {ex['greedy_value']:.6g} → {ex['value']:.6g} in {ex['n_swaps']} swaps "
+                  f"({ex['restarts']} restarts)")
+    if result.record.budget["kind"] != "count":
+        b = result.record.budget
+        out.print(f"budget ({b['kind']}): spent {b['spent']:g} of {b['value']:g}")
     out.print(f"wrote {output}" + (f" and {record}" if record else ""))
+
+
+@app.command()
+def score(
+    pool: List[Path] = typer.Argument(..., help="The pool file(s) the design refers to."),
+    design: Path = typer.Option(..., "--design", help="Design record (JSON) whose fixed + selected frames to score."),
+    target: Optional[Path] = typer.Option(None, "--target", help="Target frames for i and g (default: the pool)."),
+    existing: Optional[Path] = typer.Option(None, "--existing", help="Training frames outside the pool."),
+):
+    """Evaluate every criterion on a design's frames (compare designs on equal terms)."""
+    from rich.table import Table
+
+    from ..api import score as run_score
+    from ..pool import read_pool
+
+    result = run_score(read_pool([str(p) for p in pool]), design=design,
+                       target=str(target) if target else None, existing=str(existing) if existing else None)
+    table = Table(title=f"{result['n_frames']} frames, {result['n_atoms']} atoms, M = {result['M']}")
+    table.add_column("criterion")
+    table.add_column("value (maximised)", justify="right")
+    for name, value in result["criteria"].items():
+        table.add_row(name, f"{value:.10g}")
+    out.print(table)
+    if "mean_target_variance" in result:
+        out.print(f"target variance per atom: mean {result['mean_target_variance']:.4g}, "
+                  f"max {result['max_target_variance']:.4g} eV²/atom²")
 
 
 @app.command()

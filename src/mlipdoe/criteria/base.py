@@ -1,24 +1,126 @@
-"""The protocol every criterion implements. Optimizers only see this."""
+"""The protocol every criterion implements. Optimizers only see this.
+
+Also the two inputs several criteria share: rows of frames *outside* the pool that are
+already in the training set (:class:`ExistingRows`, augmentation) and the target set of
+the I/G criteria (:class:`TargetRows`).
+"""
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+
+from ..exceptions import InputError
+
+
+def is_rank_one(model) -> bool:
+    """True when every pool frame adds one row (energy-only model): fast paths apply."""
+    return getattr(model, "factors", None) is None and tuple(model.observations) == ("energy",)
+
+
+@dataclass
+class ExistingRows:
+    """Frames already computed (a training set outside the pool).
+
+    They enter F̃ first through their factors and are never removed.
+
+    Attributes
+    ----------
+    factors : list of (r_e × M) arrays
+        The blocks they add to F̃ (energy-only: ψ_e / (σ_E √n_e)).
+    psi : (E, M) array
+        Whitened energy rows (used by ``maximin``).
+    n_atoms : (E,) array
+    frames : list of ase.Atoms, optional
+        The frames themselves (used by the descriptor baselines ``fps``/``cur``).
+    """
+
+    factors: list
+    psi: np.ndarray
+    n_atoms: np.ndarray
+    frames: list = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.factors)
+
+
+@dataclass
+class TargetRows:
+    """Where the potential will be used: whitened energy rows and atom counts.
+
+    Attributes
+    ----------
+    psi : (T, M) array
+    n_atoms : (T,) array
+    """
+
+    psi: np.ndarray
+    n_atoms: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.psi)
+
+
+def existing_rows(model, frames) -> ExistingRows:
+    """:class:`ExistingRows` of frames outside the pool (species must be covered).
+
+    Uses the model's observations: energy-only models give one scaled energy row per
+    frame; models with forces/virials give each frame's compressed factor.
+    """
+    frames = list(frames)
+    if not frames:
+        raise InputError("the existing training set is empty")
+    psi = model.rows_for(frames)  # raises InputError for uncovered species
+    n_atoms = np.array([len(a) for a in frames], dtype=np.int64)
+    cts = [a.info.get("config_type") for a in frames]
+    if is_rank_one(model):
+        scale = 1.0 / np.sqrt(model.noise.energy_variance(n_atoms, cts))
+        factors = [psi[k : k + 1] * scale[k] for k in range(len(frames))]
+    else:
+        rows = model.observation_rows(frames, config_types=cts)
+        factors = [r.compressed() for r in rows]
+    return ExistingRows(factors=factors, psi=psi, n_atoms=n_atoms, frames=frames)
+
+
+def target_rows(model, frames=None) -> TargetRows:
+    """Target rows: the pool's own rows (``frames=None``) or rows of separate frames.
+
+    Raises
+    ------
+    InputError
+        If a target frame contains a species the sparse points do not cover.
+    """
+    if frames is None:
+        return TargetRows(psi=model.psi, n_atoms=np.asarray(model.n_atoms))
+    frames = list(frames)
+    if not frames:
+        raise InputError("the target set is empty")
+    return TargetRows(psi=model.rows_for(frames), n_atoms=np.array([len(a) for a in frames], dtype=np.int64))
 
 
 class Criterion(ABC):
     """A design criterion with incremental state; values are always maximised.
 
-    Life cycle: ``initialize(model, fixed=...)`` puts the fixed frames into the state;
-    then ``gains(candidates)`` scores additions without changing the state, and
+    Life cycle: ``initialize(model, fixed=...)`` puts the fixed frames (and any
+    ``existing`` rows given to the constructor) into the state; then
+    ``gains(candidates)`` scores additions without changing the state, and
     ``add``/``remove`` change it and return the realised change of ``value()``.
+
+    Optimizers may also use :meth:`snapshot`/:meth:`restore` (undo a trial move),
+    :meth:`reset` (back to the fixed frames only), :meth:`refresh` (rebuild the state
+    from scratch, against round-off drift) and :meth:`tie_break` (a secondary score for
+    exactly tied gains).
     """
 
     name: str = ""
     #: True when the gains can only shrink as the design grows (lazy greedy is exact).
     submodular: bool = False
+    #: Attributes that change with the design (copied by :meth:`snapshot`).
+    _state_attrs: tuple[str, ...] = ("members",)
 
     def __init__(self):
         self.members: list[int] = []
@@ -42,3 +144,91 @@ class Criterion(ABC):
     @abstractmethod
     def value(self) -> float:
         """Current criterion value."""
+
+    # -- optional hooks used by the optimizers (generic defaults) -------------
+    def tie_break(self, candidates: np.ndarray) -> np.ndarray | None:
+        """Secondary score (larger wins) among candidates with tied gains, or None."""
+        return None
+
+    def snapshot(self) -> dict:
+        """Copy of the design-dependent state (see :meth:`restore`)."""
+        out = {}
+        for name in self._state_attrs:
+            value = getattr(self, name, None)
+            if hasattr(value, "copy"):
+                value = value.copy()
+            else:
+                value = copy.copy(value)
+            out[name] = value
+        return out
+
+    def restore(self, snap: dict) -> None:
+        """Put back a state taken by :meth:`snapshot` (the snapshot stays reusable)."""
+        for name, value in snap.items():
+            setattr(self, name, value.copy() if hasattr(value, "copy") else copy.copy(value))
+
+    def reset(self) -> "Criterion":
+        """Back to the state right after :meth:`initialize` (fixed frames only)."""
+        return self.initialize(self.model, fixed=self.fixed, seed=getattr(self, "seed", 0))
+
+    def refresh(self) -> "Criterion":
+        """Rebuild the state from scratch with the same members (removes round-off drift)."""
+        members = list(self.members)
+        self.reset()
+        for m in members:
+            self.add(m)
+        return self
+
+    def _check_member(self, index: int) -> int:
+        index = int(index)
+        if index not in self.members:
+            raise ValueError(f"frame {index} is not a removable member")
+        return index
+
+
+class InformationCriterion(Criterion):
+    """Shared set-up of the criteria that are functions of F̃(S) (d, a, i, g, e).
+
+    Constructor option ``existing`` (:class:`ExistingRows`): frames outside the pool
+    that enter F̃ before the fixed pool frames and are never removed.
+    """
+
+    _state_attrs = ("members", "state")
+
+    def __init__(self, *, existing: ExistingRows | None = None):
+        super().__init__()
+        self.existing = existing
+
+    def _init_state(self, model, fixed: Sequence[int], seed: int) -> None:
+        from ..information import InformationState
+
+        self.model = model
+        self.seed = int(seed)
+        self.state = InformationState(model.M)
+        self.members = []
+        self.fixed = [int(f) for f in fixed]
+        self._rank_one = is_rank_one(model)
+        if self.existing is not None:
+            for W in self.existing.factors:
+                self.state.update(np.atleast_2d(W), +1)
+        for f in self.fixed:
+            self.state.update(model.factor(f), +1)
+
+    #: Removing a block W whose λ_min(I − W C Wᵀ) is below this rebuilds the state from
+    #: scratch instead of downdating: the Woodbury downdate divides by 1 − leverage and
+    #: loses ~log10(1/(1 − leverage)) digits (energy rows with σ_E = 1 meV reach 1e-8).
+    downdate_min = 1e-3
+
+    def _unstable_downdate(self, W: np.ndarray) -> bool:
+        W = np.atleast_2d(W)
+        S = np.eye(len(W)) - W @ self.state.C @ W.T
+        return float(np.linalg.eigvalsh(0.5 * (S + S.T))[0]) < self.downdate_min
+
+    def _rebuild_without(self, index: int) -> float:
+        """Remove ``index`` by rebuilding fixed + remaining members from scratch."""
+        before = self.value()
+        members = [m for m in self.members if m != index]
+        self.reset()
+        for m in members:
+            self.add(m)
+        return self.value() - before

@@ -6,11 +6,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..information import InformationState
-from .base import Criterion
+from .base import InformationCriterion
 
 
-class DOptimal(Criterion):
+class DOptimal(InformationCriterion):
     """``d``: information gain about the weights α (nats; 2 × mutual information).
 
     Value: log det F̃(S). Gain of adding s: log det(I + W_s C W_sᵀ), C = F̃⁻¹
@@ -20,21 +19,19 @@ class DOptimal(Criterion):
     after each pick with one N × M matrix–vector product,
     q ← q − (W u)² / (1 + w*ᵀ u), u = C w*  (Sherman–Morrison), plus O(M²) for C.
     Blocks of r rows use the Woodbury form; cost O(M² r) per evaluated gain.
+    Cost per greedy pick: O(N M) energy-only; O(N M² r) with blocks.
     Monotone submodular (Krause & Golovin 2014), so lazy greedy is exact.
+
+    Options: ``existing`` (:class:`~mlipdoe.criteria.base.ExistingRows`).
     """
 
     name = "d"
     submodular = True
     chunk_size = 8192
+    _state_attrs = ("members", "state", "_q")
 
     def initialize(self, model, *, fixed: Sequence[int] = (), seed: int = 0) -> "DOptimal":
-        self.model = model
-        self.state = InformationState(model.M)
-        self.members = []
-        self.fixed = [int(f) for f in fixed]
-        self._rank_one = model.observations == ("energy",)
-        for f in self.fixed:
-            self.state.update(model.factor(f), +1)
+        self._init_state(model, fixed, seed)
         self._scale = model.energy_scale
         self._q = self._quadratic_forms() if self._rank_one else None
         return self
@@ -73,9 +70,9 @@ class DOptimal(Criterion):
         return delta
 
     def remove(self, index: int) -> float:
-        index = int(index)
-        if index not in self.members:
-            raise ValueError(f"frame {index} is not a removable member")
+        index = self._check_member(index)
+        if self._unstable_downdate(self.model.factor(index)):
+            return self._rebuild_without(index)
         delta = self._update(index, -1)
         self.members.remove(index)
         return delta

@@ -15,6 +15,7 @@ class RandomCriterion(DOptimal):
     ``gains`` returns fixed random priorities, so greedy picks a uniform random
     subset. ``add``, ``remove`` and ``value`` report the D-optimal information
     (log det F̃), so random designs are scored on the same scale as ``d``.
+    Cost per pick: O(N M) (the D bookkeeping).
     """
 
     name = "random"
