@@ -29,7 +29,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
 import scipy.linalg
@@ -145,6 +145,13 @@ def _chunks_by_atoms(frames, max_atoms: int):
         yield start, len(frames)
 
 
+def _scatter(target: np.ndarray, n: int):
+    """Sparse (n × len(target)) 0/1 matrix summing entries into ``target`` rows."""
+    import scipy.sparse
+
+    return scipy.sparse.csr_matrix((np.ones(len(target)), (target, np.arange(len(target)))), shape=(n, len(target)))
+
+
 def _tangent_gradients(block, values_g, samples_g):
     """(∂p/∂r projected on the tangent of the unit sphere) / |p| for every gradient
     sample: (n_grad, 3, D), and the block row of each sample."""
@@ -157,7 +164,7 @@ def _tangent_gradients(block, values_g, samples_g):
 
 
 def frame_rows(frames: Sequence[Atoms], soap: SOAP, kernel: Kernel, sparse: SparsePoints, L: np.ndarray, *,
-               forces: bool = True, max_atoms: int = 1500) -> list[dict]:
+               forces: bool = True, max_atoms: int = 400) -> list[dict]:
     """Whitened observation rows of each frame (computed here, energies and forces).
 
     Returns
@@ -187,10 +194,8 @@ def frame_rows(frames: Sequence[Atoms], soap: SOAP, kernel: Kernel, sparse: Spar
                 Gt, row = _tangent_gradients(block, vals, samp)
                 coef = kernel.zeta * kernel.delta**2 * dots ** (kernel.zeta - 1)   # (n_env, M_z)
                 dk = np.einsum("gcd,md->gcm", Gt, Z) * coef[row][:, None, :]      # (n_grad, 3, M_z)
-                atom_global = offsets[samp[:, 1]] + samp[:, 2]
-                target = np.zeros((offsets[-1], 3, len(Z)))
-                np.add.at(target, atom_global, -dk)
-                frc[:, cols[z]] += target.reshape(-1, len(Z))
+                S = _scatter(offsets[samp[:, 1]] + samp[:, 2], offsets[-1])
+                frc[:, cols[z]] -= (S @ dk.reshape(len(dk), -1)).reshape(-1, len(Z))
         psi = scipy.linalg.solve_triangular(L, phi.T, lower=True).T
         psif = scipy.linalg.solve_triangular(L, frc.T, lower=True).T if forces else None
         for k in range(len(chunk)):
@@ -261,7 +266,7 @@ class GPRModel:
         f = [(r["forces"] @ self.beta).reshape(-1, 3) for r in rows] if forces else None
         return Prediction(energy, f, np.asarray(n_atoms))
 
-    def predict(self, frames: Sequence[Atoms], *, forces: bool = True, max_atoms: int = 1500) -> Prediction:
+    def predict(self, frames: Sequence[Atoms], *, forces: bool = True, max_atoms: int = 400) -> Prediction:
         """Energies (and forces) of new frames through α (no M-sized rows are formed)."""
         _check_species(frames, self.sparse)
         descriptor = make_descriptor(self.soap)
@@ -279,14 +284,14 @@ class GPRModel:
                 Z = self.sparse.vectors[z]
                 al = alpha[cols[z]]
                 dots = block.values @ Z.T
-                np.add.at(e, block.frame, kern.power(dots.copy()) @ al)
+                e += _scatter(block.frame, len(chunk)) @ (kern.power(dots.copy()) @ al)
                 if forces:
                     vals, samp = block.gradients["positions"]
                     # c_i = Σ_m α_m ζ δ² (x_i·z_m)^{ζ-1} z_m  (n_env, D)
                     c = (kern.zeta * kern.delta**2 * dots ** (kern.zeta - 1) * al) @ Z
                     Gt, row = _tangent_gradients(block, vals, samp)
                     dE = np.einsum("gcd,gd->gc", Gt, c[row])
-                    np.add.at(f, offsets[samp[:, 1]] + samp[:, 2], -dE)
+                    f -= _scatter(offsets[samp[:, 1]] + samp[:, 2], offsets[-1]) @ dE
             energies.append(e)
             force_list += [f[offsets[k]:offsets[k + 1]] for k in range(len(chunk))]
         n = np.array([len(x) for x in frames])
@@ -469,8 +474,8 @@ def fit_gap_fit(frames: Sequence[Atoms], labels: Labels | None = None, *, soap: 
 
     ``sparse_locations`` are ``[k, atom]`` pairs into ``sparse_frames``. Frames holding
     sparse points that are not training frames are appended with a per-frame
-    ``energy_sigma`` of 1e3 eV and no forces, so they carry the sparse points but
-    (practically) no data. gap_fit's ``sparse_method=index_file`` then gets, per centre
+    ``energy_sigma`` of 1e3 eV, their energy set to e0·n (so the average e0 is unchanged)
+    and no forces, so they carry the sparse points but (practically) no data. gap_fit's ``sparse_method=index_file`` then gets, per centre
     species, the 1-based indices of those atoms among that species' atoms in file order.
     """
     import ase.io
@@ -504,10 +509,7 @@ def fit_gap_fit(frames: Sequence[Atoms], labels: Labels | None = None, *, soap: 
             a = Atoms(src.numbers, src.positions, cell=src.cell, pbc=src.pbc)
             a.info["energy"] = e0 * len(a)
             a.info["energy_sigma"] = 1e3
-            a.info["config_type"] = "sparse_carrier"
-            if use_forces:
-                a.arrays["force"] = np.zeros((len(a), 3))
-                a.arrays["force_mask"] = np.ones(len(a), dtype=bool)
+            a.info["config_type"] = "sparse_carrier"      # no forces: carries sparse points only
             train.append(a)
             k = where[key(src)] = len(train) - 1
         file_loc.append((k, int(atom)))
@@ -531,7 +533,7 @@ def fit_gap_fit(frames: Sequence[Atoms], labels: Labels | None = None, *, soap: 
     sig = f"{{{noise.energy} {noise.force} {noise.virial} 0.0}}"
     cmd = [executable, "at_file=train.xyz", "gap={" + " : ".join(gaps) + "}", f"default_sigma={sig}",
            "e0_method=average", "energy_parameter_name=energy", "force_parameter_name=force",
-           "force_mask_parameter_name=force_mask", "sigma_parameter_name=sigma",
+           "sigma_parameter_name=sigma",
            f"sigma_per_atom={'T' if noise.per_atom else 'F'}", "sparse_jitter=1e-8", "gp_file=gp.xml"]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=output, capture_output=True, text=True, timeout=timeout)
@@ -637,3 +639,84 @@ def parity_plot(prediction: Prediction, labels: Labels, path, *, title: str = ""
     if title:
         fig.suptitle(title)
     save_figure(fig, path)
+
+
+# ---------------------------------------------------------------------------
+# engine agreement (built-in vs gap_fit)
+# ---------------------------------------------------------------------------
+def quippy_soap_vectors(frames: Sequence[Atoms], soap: SOAP) -> list[dict]:
+    """quippy's (GAP's own) unit SOAP vectors per frame: ``{z: (n_z, D)}`` in atom order."""
+    from quippy.descriptors import Descriptor
+
+    species = " ".join(str(z) for z in soap.species)
+    out = [dict() for _ in frames]
+    for z in soap.species:
+        d = Descriptor(f"soap cutoff={soap.cutoff} cutoff_transition_width={soap.cutoff_transition_width} "
+                       f"n_max={soap.n_max} l_max={soap.l_max} atom_sigma={soap.atom_sigma} "
+                       f"n_species={len(soap.species)} species_Z={{{species}}} Z={z}")
+        for k, atoms in enumerate(frames):
+            if np.any(atoms.numbers == z):
+                out[k][z] = np.asarray(d.calc(atoms)["data"], dtype=np.float64)
+    return out
+
+
+def compare_engines(train: Sequence[Atoms], test: Sequence[Atoms], *, soap: SOAP, kernel: Kernel = Kernel(),
+                    noise: Noise = Noise(), n_sparse: int = 50, output, energy_key: str = "energy",
+                    forces_key: str = "force") -> dict:
+    """Built-in fit vs gap_fit on the same frames, hypers and sparse points.
+
+    Two comparisons: (1) energies + forces, built-in on featomic SOAP vs gap_fit;
+    (2) energies only, built-in on quippy's SOAP vectors vs gap_fit — the same
+    descriptors, so any difference is the fitting maths.
+
+    Returns
+    -------
+    dict with test energy RMSEs (eV/atom) and rms prediction differences (eV/atom, eV/Å).
+    """
+    from .information import build_model
+
+    train_labels = read_labels(train, energy_key=energy_key, forces_key=forces_key)
+    test_labels = read_labels(test, energy_key=energy_key, forces_key=forces_key)
+    model = build_model(train, soap=soap, kernel=kernel, noise=noise, n_sparse=n_sparse)
+    soap, sparse, locs = model.soap, model.sparse, model.sparse.location_list()
+    ours = fit_gpr(train, train_labels, soap=soap, kernel=kernel, noise=noise, sparse=sparse)
+    gap = fit_gap_fit(train, train_labels, soap=soap, kernel=kernel, noise=noise, sparse_frames=train,
+                      sparse_locations=locs, output=Path(output) / "gap_fit_ef")
+    po, pg = ours.predict(test), gap.predict(test)
+    n = test_labels.n_atoms
+    res = {
+        "featomic_energy_rmse": float(np.sqrt(np.mean(((po.energy - test_labels.energy) / n) ** 2))),
+        "gap_fit_energy_rmse": float(np.sqrt(np.mean(((pg.energy - test_labels.energy) / n) ** 2))),
+        "featomic_vs_gap_fit_energy": float(np.sqrt(np.mean(((po.energy - pg.energy) / n) ** 2))),
+    }
+    if po.forces is not None and pg.forces is not None and test_labels.forces is not None:
+        res["featomic_force_rmse"] = float(np.sqrt(np.mean(np.concatenate(
+            [(a - b).ravel() for a, b in zip(po.forces, test_labels.forces)]) ** 2)))
+        res["gap_fit_force_rmse"] = float(np.sqrt(np.mean(np.concatenate(
+            [(a - b).ravel() for a, b in zip(pg.forces, test_labels.forces)]) ** 2)))
+        res["featomic_vs_gap_fit_force"] = float(np.sqrt(np.mean(np.concatenate(
+            [(a - b).ravel() for a, b in zip(po.forces, pg.forces)]) ** 2)))
+    # (2) identical descriptors: quippy SOAP in the built-in solver, energies only
+    qtrain, qtest = quippy_soap_vectors(train, soap), quippy_soap_vectors(test, soap)
+    Zs = {z: np.array([qtrain[f][z][int(np.sum(train[f].numbers[:a] == z))] for f, a in sparse.locations[z]])
+          for z in sparse.species}
+    qsparse = SparsePoints(sparse.species, Zs, sparse.locations, [])
+    L, _ = cholesky_with_jitter(qsparse.kernel_matrix(kernel))
+    cols = qsparse.slices()
+
+    def rows(q):
+        phi = np.zeros((len(q), qsparse.n_points))
+        for k, blocks in enumerate(q):
+            for z, X in blocks.items():
+                phi[k, cols[z]] = kernel(X, Zs[z]).sum(axis=0)
+        return [{"energy": r} for r in scipy.linalg.solve_triangular(L, phi.T, lower=True).T]
+
+    energy_only = Labels(train_labels.energy, None, train_labels.n_atoms, train_labels.config_types)
+    beta, e0 = fit_from_rows(rows(qtrain), energy_only, noise=noise, use_forces=False)
+    pq = np.array([r["energy"] @ beta for r in rows(qtest)]) + e0 * n
+    gap_e = fit_gap_fit(train, energy_only, soap=soap, kernel=kernel, noise=noise, sparse_frames=train,
+                        sparse_locations=locs, output=Path(output) / "gap_fit_e", use_forces=False)
+    pge = gap_e.predict(test, forces=False).energy
+    res["quippy_soap_energy_rmse"] = float(np.sqrt(np.mean(((pq - test_labels.energy) / n) ** 2)))
+    res["quippy_soap_vs_gap_fit_energy"] = float(np.sqrt(np.mean(((pq - pge) / n) ** 2)))
+    return res

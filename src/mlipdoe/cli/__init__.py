@@ -83,7 +83,7 @@ def _print_picks(result, limit: int = 30) -> None:
             break
         info = result.pool.info[idx]
         table.add_row(str(rank), str(idx), f"{Path(info.source).name}:{info.index_in_file}", str(info.n_atoms),
-                      str(info.config_type or ""), f"{gain:.4f}", f"{value:.4f}")
+                      str(info.config_type or ""), f"{gain:.4g}", f"{value:.6g}")
     out.print(table)
     out.print(f"final value ({result.record.criterion}): {result.value:.6g}   log det K_MM: "
               f"{result.record.log_det_K_MM:.6g}   M = {result.model.M}")
@@ -135,3 +135,5 @@ def main() -> None:
 
 
 from . import select as _select  # noqa: E402,F401  (registers commands)
+from . import fit as _fit  # noqa: E402,F401  (registers fit/evaluate/benchmark)
+from . import assess as _assess  # noqa: E402,F401  (registers assess, grade)
