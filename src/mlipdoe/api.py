@@ -290,6 +290,8 @@ def select(pool, *, n: int | None = None, criterion: str = "d", optimizer: str =
         "exclude": _as_spec_list(exclude),
         "excluded": excluded,
     }
+    if getattr(model, "store_info", None):
+        extras["store"] = model.store_info
     if existing_info is not None:
         extras["existing"] = existing_info
     if target_info is not None:

@@ -54,7 +54,7 @@ class RichProgress(Progress):
                 elapsed = bar.tasks[0].elapsed or 0.0
                 if elapsed > 0:
                     done = bar.tasks[0].completed
-                    unit = "frames" if name == "descriptors" else "picks"
+                    unit = "picks" if name == "selection" else "frames"
                     rate = f"{done / elapsed:,.1f} {unit}/s"
                     if atoms_done[0]:
                         rate += f"  {atoms_done[0] / elapsed:,.0f} atoms/s"
@@ -137,3 +137,4 @@ def main() -> None:
 from . import select as _select  # noqa: E402,F401  (registers commands)
 from . import fit as _fit  # noqa: E402,F401  (registers fit/evaluate/benchmark)
 from . import assess as _assess  # noqa: E402,F401  (registers assess, grade)
+from . import store as _store  # noqa: E402,F401  (registers store build)

@@ -77,6 +77,12 @@ def select(
     sigma_virial: float = typer.Option(0.05, "--sigma-virial", help="Virial noise σ_V (eV/atom)."),
     threshold: Optional[float] = typer.Option(None, help="Stop when the best gain falls below this."),
     seed: int = typer.Option(0, help="Random seed (sparse points, random baseline, restarts)."),
+    store: Optional[Path] = typer.Option(
+        None, "--store", help="Resumable on-disk row store for large pools (energy rows); reused when inputs match."),
+    memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="With --store: peak RSS cap, e.g. 4GB."),
+    scheduler: str = typer.Option("serial", help="With --store: serial, local or tcp://host:port (Dask)."),
+    sparse_sample: int = typer.Option(
+        50_000, help="With --store: environments sampled for the sparse points; 0 = exact choice."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bars."),
     soap_cutoff: float = SOAP_OPTS["soap_cutoff"],
     soap_width: float = SOAP_OPTS["soap_width"],
@@ -92,14 +98,29 @@ def select(
 
     observations = tuple(_split([observe]))
     frames = read_pool([str(p) for p in pool])
+    soap = _soap(soap_cutoff, soap_width, n_max, l_max, atom_sigma)
+    kernel = Kernel(zeta=zeta, delta=delta)
+    noise = Noise(energy=sigma_energy, force=sigma_force, virial=sigma_virial)
+    progress = _progress(quiet)
+    model = None
+    if store is not None:
+        if observations != ("energy",):
+            raise MlipdoeError("--store holds energy rows only; use --observe energy with --store")
+        from ..store import build_model_stored
+
+        model = build_model_stored(
+            frames.frames, store=store, soap=soap, kernel=kernel, noise=noise, n_sparse=n_sparse,
+            sparse_method=sparse_method, seed=seed, memory_limit=memory_limit, scheduler=scheduler,
+            sparse_sample=sparse_sample or None, config_types=frames.config_types,
+            pool_sha256=[f.sha256 for f in frames.files], progress=progress,
+        )
     result = run_select(
         frames, n=n, budget_atoms=budget_atoms, budget_cost=budget_cost, cost_power=cost_power,
         criterion=criterion, optimizer=optimizer, restarts=restarts, max_iter=max_iter,
         target=str(target) if target else None, existing=str(existing) if existing else None,
         include=_split(include), exclude=_split(exclude), observations=observations,
-        soap=_soap(soap_cutoff, soap_width, n_max, l_max, atom_sigma),
-        kernel=Kernel(zeta=zeta, delta=delta), noise=Noise(energy=sigma_energy, force=sigma_force, virial=sigma_virial),
-        n_sparse=n_sparse, sparse_method=sparse_method, seed=seed, threshold=threshold, progress=_progress(quiet),
+        soap=soap, kernel=kernel, noise=noise, n_sparse=n_sparse, sparse_method=sparse_method, seed=seed,
+        threshold=threshold, model=model, progress=progress,
     )
     _write_outputs(result, output, record)
     _print_picks(result)

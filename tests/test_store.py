@@ -1,0 +1,326 @@
+"""The resumable row store (issue 7): resume, refusal, Dask, memory cap."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from contextlib import contextmanager
+
+import numpy as np
+import pytest
+
+from mlipdoe.criteria import DOptimal
+from mlipdoe.descriptors import SOAP
+from mlipdoe.exceptions import ConfigurationError, InputError, StoreMismatchError
+from mlipdoe.generate import zr_example
+from mlipdoe.information import Noise, build_model
+from mlipdoe.kernels import Kernel
+from mlipdoe.optimizers import greedy
+from mlipdoe.progress import Progress
+from mlipdoe.store import (
+    build_model_stored,
+    open_store,
+    parse_memory,
+    plan_chunk_size,
+    sample_frames_for_sparse,
+)
+
+SMALL = SOAP(n_max=4, l_max=3)
+OPTS = dict(soap=SMALL, n_sparse=15, chunk_size=7)
+
+
+@pytest.fixture(scope="module")
+def frames():
+    return zr_example(40, seed=3)
+
+
+@pytest.fixture(scope="module")
+def reference(frames, tmp_path_factory):
+    """An uninterrupted store build (exact sparse points) of ``frames``."""
+    path = tmp_path_factory.mktemp("ref") / "store"
+    return build_model_stored(frames, store=path, sparse_sample=None, **OPTS)
+
+
+class Interrupt(Exception):
+    pass
+
+
+class FailAfter(Progress):
+    """Raises inside the row stage after ``k`` chunks have been written."""
+
+    def __init__(self, k):
+        self.k = k
+
+    @contextmanager
+    def stage(self, name, total):
+        count = [0]
+
+        def advance(units=1, atoms=0):
+            if name == "rows":
+                count[0] += 1
+                if count[0] == self.k:
+                    raise Interrupt(f"interrupted after {self.k} chunks")
+
+        yield advance
+
+
+def test_stored_model_equals_in_memory_build(frames, reference):
+    ref = build_model(frames, soap=SMALL, n_sparse=15)
+    assert reference.sparse.location_list() == ref.sparse.location_list()
+    # chunked vs whole-pool triangular solves differ in rounding only
+    np.testing.assert_allclose(reference.psi, ref.psi, rtol=0, atol=1e-10 * np.abs(ref.psi).max())
+    # d value of a few frames against a from-scratch slogdet of the whitened F̃
+    S = [0, 5, 17, 33]
+    W = reference.psi[S] / np.sqrt(Noise().energy_variance(reference.n_atoms[S]))[:, None]
+    expected = np.linalg.slogdet(np.eye(reference.M) + W.T @ W)[1]
+    assert reference.d_value(S) == pytest.approx(expected, rel=1e-10)
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(frames, reference, tmp_path):
+    path = tmp_path / "store"
+    with pytest.raises(Interrupt):
+        build_model_stored(frames, store=path, sparse_sample=None, progress=FailAfter(3), **OPTS)
+    store = open_store(path)
+    assert store.completed_chunks() == [0, 1, 2]
+    assert len(store.missing_chunks()) == store.n_chunks - 3
+    resumed = build_model_stored(frames, store=path, sparse_sample=None, **OPTS)
+    assert resumed.store_info["chunks_computed"] == store.n_chunks - 3
+    assert np.array_equal(resumed.psi, reference.psi)  # bit-identical
+    assert np.array_equal(resumed.L, reference.L)
+    assert resumed.sparse.location_list() == reference.sparse.location_list()
+
+
+def test_killed_process_resumes_bit_identical(frames, reference, tmp_path):
+    """kill -9 during the row stage, then resume in this process."""
+    path = tmp_path / "store"
+    script = textwrap.dedent(f"""
+        import time
+        from mlipdoe.generate import zr_example
+        from mlipdoe.descriptors import SOAP
+        from mlipdoe.progress import Progress
+        from mlipdoe.store import build_model_stored
+        from contextlib import contextmanager
+        class Slow(Progress):
+            @contextmanager
+            def stage(self, name, total):
+                yield lambda units=1, atoms=0: time.sleep(0.5 if name == "rows" else 0)
+        build_model_stored(zr_example(40, seed=3), store={str(path)!r}, soap=SOAP(n_max=4, l_max=3),
+                           n_sparse=15, chunk_size=7, sparse_sample=None, progress=Slow())
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.time() + 60
+    while time.time() < deadline and not (path / "chunks" / "c0000001.h5").exists():
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    store = open_store(path)
+    assert 0 < len(store.completed_chunks()) < store.n_chunks
+    resumed = build_model_stored(frames, store=path, sparse_sample=None, **OPTS)
+    assert np.array_equal(resumed.psi, reference.psi)
+
+
+def test_warm_store_skips_computation_and_noise_is_applied_at_load(frames, reference):
+    warm = build_model_stored(frames, store=reference.store_info["path"], sparse_sample=None,
+                              noise=Noise(energy=0.005), **OPTS)
+    assert warm.store_info["chunks_computed"] == 0
+    assert "row_stage" not in warm.timings and "sparse_points" not in warm.timings
+    assert np.array_equal(warm.psi, reference.psi)
+    np.testing.assert_allclose(warm.energy_variance, 0.005**2 * warm.n_atoms)
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        (dict(soap=SOAP(n_max=5, l_max=3)), "soap.n_max"),
+        (dict(kernel=Kernel(zeta=2)), "kernel.zeta"),
+        (dict(seed=1), "seed"),
+        (dict(n_sparse=14), "n_sparse"),
+        (dict(sparse_sample=100), "sparse_sample"),
+        (dict(dtype="float32"), "dtype"),
+    ],
+)
+def test_stale_store_is_refused(frames, reference, change, field):
+    args = dict(OPTS, sparse_sample=None)
+    args.update(change)
+    with pytest.raises(StoreMismatchError, match=rf"built from other inputs \({field}: stored"):
+        build_model_stored(frames, store=reference.store_info["path"], **args)
+
+
+def test_store_of_another_pool_is_refused(frames, reference):
+    other = [a.copy() for a in frames]
+    other[7].positions[0, 0] += 1e-6
+    with pytest.raises(StoreMismatchError, match="pool.sha256: stored"):
+        build_model_stored(other, store=reference.store_info["path"], sparse_sample=None, **OPTS)
+
+
+def test_non_store_directory_is_refused(frames, tmp_path):
+    (tmp_path / "something.txt").write_text("x")
+    with pytest.raises(InputError, match="is not an mlipdoe store"):
+        build_model_stored(frames, store=tmp_path, **OPTS)
+
+
+def test_two_worker_dask_cluster_matches_serial(frames, reference, tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        assert len(client.nthreads()) == 2
+        model = build_model_stored(frames, store=tmp_path / "dask", sparse_sample=None, scheduler=client, **OPTS)
+        # the same cluster by address, as `--scheduler tcp://host:port` does
+        assert cluster.scheduler_address.startswith(("tcp://", "inproc://"))
+        by_address = build_model_stored(frames, store=tmp_path / "addr", sparse_sample=None,
+                                        scheduler=cluster.scheduler_address, **OPTS)
+    assert np.array_equal(model.psi, reference.psi)
+    assert np.array_equal(model.phi, reference.phi)
+    assert np.array_equal(by_address.psi, reference.psi)
+
+
+def test_unknown_scheduler_is_refused(frames, tmp_path):
+    with pytest.raises(ConfigurationError, match="scheduler must be serial, local or an address"):
+        build_model_stored(frames, store=tmp_path / "s", scheduler="yarn", **OPTS)
+
+
+def test_selection_on_stored_model_matches_in_memory(frames, reference):
+    ref = build_model(frames, soap=SMALL, n_sparse=15)
+    picks = []
+    for model in (reference, ref):
+        crit = DOptimal().initialize(model)
+        picks.append(greedy(crit, 8, available=np.ones(len(frames), bool)).selected)
+    assert picks[0] == picks[1]
+
+
+def test_float32_store_is_close_to_float64(frames, reference, tmp_path):
+    m32 = build_model_stored(frames, store=tmp_path / "f32", sparse_sample=None, dtype="float32", **OPTS)
+    assert m32.psi.dtype == np.float32
+    np.testing.assert_allclose(m32.psi, reference.psi, rtol=1e-6, atol=1e-6 * np.abs(reference.psi).max())
+
+
+def test_sparse_sample_is_deterministic_and_covers_species(frames):
+    mixed = [a.copy() for a in frames]
+    mixed[29].numbers[0] = 22  # one Ti atom in the whole pool
+    a = sample_frames_for_sparse(mixed, 50, seed=0)
+    b = sample_frames_for_sparse(mixed, 50, seed=0)
+    assert np.array_equal(a, b) and np.all(np.diff(a) > 0)
+    assert 29 in a.tolist()
+    assert sum(len(mixed[i]) for i in a) >= 50
+
+
+def test_sampled_sparse_points_are_pool_environments(frames, tmp_path):
+    from mlipdoe.descriptors import make_descriptor
+
+    model = build_model_stored(frames, store=tmp_path / "s", soap=SMALL, n_sparse=10, chunk_size=7,
+                               sparse_sample=120)
+    idx = sample_frames_for_sparse(frames, 120, seed=0)
+    locs = np.array(model.sparse.location_list())
+    assert set(locs[:, 0].tolist()) <= set(idx.tolist())
+    # each stored vector is the descriptor of its [frame, atom] in the pool
+    desc = make_descriptor(model.soap).compute([frames[f] for f in locs[:, 0]])
+    block = desc.blocks[40]
+    for k, (f, a) in enumerate(locs):
+        row = np.flatnonzero((block.frame == k) & (block.atom == a))[0]
+        np.testing.assert_allclose(model.sparse.vectors[40][k], block.values[row], atol=1e-12)
+
+
+def test_sample_as_large_as_pool_is_exact(frames, reference, tmp_path):
+    model = build_model_stored(frames, store=tmp_path / "s", sparse_sample=10**9, **OPTS)
+    assert np.array_equal(model.psi, reference.psi)
+
+
+def test_parse_memory():
+    assert parse_memory("4GB") == 4 * 10**9
+    assert parse_memory("512MiB") == 512 * 2**20
+    assert parse_memory(1e9) == 10**9
+    with pytest.raises(InputError, match="cannot read memory limit"):
+        parse_memory("lots")
+
+
+def test_plan_refuses_a_limit_below_the_rows():
+    with pytest.raises(ConfigurationError, match="memory limit .* too small"):
+        plan_chunk_size(memory_limit=10**9, baseline_bytes=2 * 10**8, n_frames=100_000, mean_atoms=32,
+                        dimension=448, M=1000, itemsize=8)
+    plan = plan_chunk_size(memory_limit=4 * 10**9, baseline_bytes=2 * 10**8, n_frames=100_000, mean_atoms=32,
+                           dimension=448, M=1000, itemsize=8)
+    assert 1 <= plan.chunk_size <= 100
+
+
+MEMORY_SCRIPT = """
+import json, resource, sys
+from mlipdoe.generate import zr_example
+from mlipdoe.descriptors import SOAP
+from mlipdoe.store import build_model_stored
+frames = zr_example({n}, seed=0)
+model = build_model_stored(frames, store=sys.argv[1], soap=SOAP(), n_sparse=400, memory_limit={limit},
+                           sparse_sample=4000)
+print(json.dumps({{"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                  "n_atoms": int(model.n_atoms.sum()), "chunk": model.store_info["chunk_size"]}}))
+"""
+
+
+@pytest.mark.slow
+def test_memory_cap_is_honoured_in_a_subprocess(tmp_path):
+    """A cap that binds: the pool's per-atom descriptors alone (64,000 × 448 float64,
+    229 MB) plus the interpreter exceed it, and it forces chunks below 100 frames."""
+    limit = 200 * 10**6
+    n = 4000
+    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT.format(n=n, limit=limit), str(tmp_path / "s")],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    facts = json.loads(out.stdout.strip().splitlines()[-1])
+    assert facts["n_atoms"] * 448 * 8 + 100 * 10**6 > limit  # unchunked would not fit
+    assert facts["chunk"] < 100  # the limit, not the default, set the chunk size
+    assert facts["peak"] < limit, facts
+
+
+def test_mean_pooled_descriptors_match_a_direct_mean(frames, reference):
+    from mlipdoe.descriptors import make_descriptor
+
+    stored = open_store(reference.store_info["path"]).load_mean_descriptors()
+    block = make_descriptor(reference.soap).compute(frames[:9]).blocks[40]
+    expected = np.array([block.values[block.frame == f].mean(axis=0) for f in range(9)])
+    np.testing.assert_allclose(stored[:9], expected, atol=1e-6)  # stored as float32
+    assert stored.shape == (len(frames), block.values.shape[1])
+
+
+def test_cli_store_build_then_warm_then_refused(tmp_path):
+    from typer.testing import CliRunner
+
+    import mlipdoe.cli.store  # noqa: F401  (registers `store`)
+    from mlipdoe.cli import app
+    from mlipdoe.generate import write_frames
+
+    pool = tmp_path / "pool.xyz"
+    write_frames(zr_example(20, seed=1), pool)
+    args = ["store", "build", str(pool), "--store", str(tmp_path / "st"), "--n-sparse", "8", "--n-max", "4",
+            "--l-max", "3", "--blas-threads", "1", "--memory-limit", "2GB", "-q"]
+    runner = CliRunner()
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "(1 computed now)" in first.output
+    second = runner.invoke(app, args)
+    assert "(0 computed now)" in second.output
+    third = runner.invoke(app, args[:-3] + ["--zeta", "2", "-q"], standalone_mode=False)
+    assert isinstance(third.exception, StoreMismatchError)
+    assert "kernel.zeta: stored 4" in str(third.exception)
+
+
+def test_mixed_sizes_and_two_species_match_in_memory_build(tmp_path):
+    """Unequal atoms per frame (segment sums' general path) and a second species."""
+    frames = zr_example(30, seed=5)
+    for k, atoms in enumerate(frames):
+        if k % 3 == 0:
+            del atoms[[0, 5]]
+        if k % 4 == 1:
+            atoms.numbers[[1, 7]] = 22  # Ti
+    ref = build_model(frames, soap=SMALL, n_sparse=8)
+    model = build_model_stored(frames, store=tmp_path / "s", soap=SMALL, n_sparse=8, chunk_size=7,
+                               sparse_sample=None)
+    assert model.sparse.species == (22, 40)
+    assert model.sparse.location_list() == ref.sparse.location_list()
+    np.testing.assert_allclose(model.psi, ref.psi, rtol=0, atol=1e-10 * np.abs(ref.psi).max())
+    pooled = open_store(tmp_path / "s").load_mean_descriptors()
+    assert pooled.shape[1] == 2 * ref.sparse.vectors[40].shape[1]
+    assert np.all(pooled[0, : pooled.shape[1] // 2] == 0)  # frame 0 has no Ti
