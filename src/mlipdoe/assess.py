@@ -48,6 +48,7 @@ import scipy.linalg
 from ase import Atoms
 
 from .descriptors import SOAP, iter_descriptors, make_descriptor
+from .design import json_ready
 from .exceptions import InputError
 from .information import InformationModel, Noise
 from .kernels import Kernel
@@ -724,22 +725,6 @@ def _finite(x):
     return x if math.isfinite(x) else None
 
 
-def _plain(obj):
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return _plain(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating, float)):
-        return _finite(obj)
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
-
-
 def gain_curve(setup: AssessmentSetup, *, criterion: str = "d") -> dict:
     """The design's gain curve: the record's gains when the set came from a record, else the
     greedy order of the training frames themselves (greedy restricted to the members)."""
@@ -847,7 +832,7 @@ def assess(setup: AssessmentSetup, *, targets: Mapping[str, Sequence[Atoms]] | N
     from .design import versions
 
     report["versions"] = versions()
-    return _plain(report)
+    return json_ready(report)
 
 
 def exit_code(report: Mapping) -> int:
@@ -944,7 +929,7 @@ def write_report(report: dict, directory) -> Path:
     from .design import atomic_write_text
 
     path = Path(directory) / "report.json"
-    atomic_write_text(path, json.dumps(_plain(report), indent=1, allow_nan=False) + "\n")
+    atomic_write_text(path, json.dumps(json_ready(report), indent=1, allow_nan=False) + "\n")
     return path
 
 

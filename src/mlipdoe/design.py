@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,7 +63,7 @@ class DesignRecord:
         for name in REQUIRED[1:]:
             d[name] = getattr(self, name)
         d.update(self.extras)
-        return _plain(d)
+        return json_ready(d)
 
     @classmethod
     def from_dict(cls, data: dict) -> "DesignRecord":
@@ -76,18 +77,20 @@ class DesignRecord:
         return cls(**kwargs, extras=extras)
 
 
-def _plain(obj):
-    """JSON-ready copy: numpy scalars/arrays to Python, tuples to lists."""
+def json_ready(obj):
+    """JSON-ready copy: numpy scalars/arrays to Python, tuples to lists, NaN/inf to None."""
     if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
+        return {str(k): json_ready(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
+        return [json_ready(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _plain(obj.tolist())
+        return json_ready(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
     if isinstance(obj, np.integer):
         return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
     return obj
 
 

@@ -304,7 +304,7 @@ def pool_from_frames(
     for k, atoms in enumerate(frames):
         if not isinstance(atoms, Atoms):
             raise InputError(f"pool frame {k} is a {type(atoms).__name__}, not an ase.Atoms")
-    files = [PoolFile(path=source, n_frames=len(frames), sha256=_sha256_frames(frames))]
+    files = [PoolFile(path=source, n_frames=len(frames), sha256=frames_sha256(frames))]
     origins = [(source, k) for k in range(len(frames))]
     return _build_pool(frames, origins, files, min_distance)
 
@@ -430,7 +430,8 @@ def _sha256_file(path: str) -> str:
     return h.hexdigest()
 
 
-def _sha256_frames(frames: Sequence[Atoms]) -> str:
+def frames_sha256(frames: Sequence[Atoms]) -> str:
+    """sha256 of the frames' numbers, positions, cells and pbc (content of an in-memory pool)."""
     h = hashlib.sha256()
     for atoms in frames:
         h.update(np.asarray(atoms.numbers, dtype=np.int64).tobytes())

@@ -68,6 +68,7 @@ from .descriptors import SOAP, make_descriptor
 from .exceptions import ConfigurationError, InputError, StoreMismatchError
 from .information import DescriptorSource, InformationModel, Noise
 from .kernels import Kernel, SparsePoints, choose_sparse_points, cholesky_with_jitter
+from .pool import frames_sha256
 from .progress import NULL_PROGRESS, Progress
 
 STORE_FORMAT = 1
@@ -109,17 +110,6 @@ def current_rss() -> int:
 def peak_rss() -> int:
     """Peak resident set size of this process so far (bytes; Linux ru_maxrss is KiB)."""
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
-
-def frames_sha256(frames: Sequence[Atoms]) -> str:
-    """sha256 of the frames' numbers, positions, cells and pbc (pool content)."""
-    h = hashlib.sha256()
-    for atoms in frames:
-        h.update(np.asarray(atoms.numbers, dtype=np.int64).tobytes())
-        h.update(np.ascontiguousarray(atoms.get_positions(), dtype=np.float64).tobytes())
-        h.update(np.ascontiguousarray(atoms.cell.array, dtype=np.float64).tobytes())
-        h.update(np.asarray(atoms.pbc, dtype=np.bool_).tobytes())
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------

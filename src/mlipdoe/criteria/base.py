@@ -224,6 +224,23 @@ class InformationCriterion(Criterion):
         S = np.eye(len(W)) - W @ self.state.C @ W.T
         return float(np.linalg.eigvalsh(0.5 * (S + S.T))[0]) < self.downdate_min
 
+    def _update(self, index: int, sign: int) -> float:
+        """Add (+1) or remove (−1) frame ``index`` from the state; returns Δ value."""
+        raise NotImplementedError
+
+    def add(self, index: int) -> float:
+        delta = self._update(int(index), +1)
+        self.members.append(int(index))
+        return delta
+
+    def remove(self, index: int) -> float:
+        index = self._check_member(index)
+        if self._unstable_downdate(self.model.factor(index)):
+            return self._rebuild_without(index)
+        delta = self._update(index, -1)
+        self.members.remove(index)
+        return delta
+
     def _rebuild_without(self, index: int) -> float:
         """Remove ``index`` by rebuilding fixed + remaining members from scratch."""
         before = self.value()

@@ -75,18 +75,5 @@ class GOptimal(InformationCriterion):
         self.state.update(W, sign)
         return before - float(self._v.max())
 
-    def add(self, index: int) -> float:
-        delta = self._update(int(index), +1)
-        self.members.append(int(index))
-        return delta
-
-    def remove(self, index: int) -> float:
-        index = self._check_member(index)
-        if self._unstable_downdate(self.model.factor(index)):
-            return self._rebuild_without(index)
-        delta = self._update(index, -1)
-        self.members.remove(index)
-        return delta
-
     def value(self) -> float:
         return -float(self._v.max())

@@ -61,19 +61,6 @@ class TraceCriterion(InformationCriterion):
         self._value += delta
         return delta
 
-    def add(self, index: int) -> float:
-        delta = self._update(int(index), +1)
-        self.members.append(int(index))
-        return delta
-
-    def remove(self, index: int) -> float:
-        index = self._check_member(index)
-        if self._unstable_downdate(self.model.factor(index)):
-            return self._rebuild_without(index)
-        delta = self._update(index, -1)
-        self.members.remove(index)
-        return delta
-
     def value(self) -> float:
         return self._value
 
