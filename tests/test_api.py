@@ -202,3 +202,28 @@ def test_toolbox_verify_any_criterion_with_existing(tmp_path):
     (tmp_path / "ex.xyz").unlink()
     with pytest.raises(InputError, match="existing training set"):
         mlipdoe.verify_record(r.record, pool)
+
+
+def test_i_with_force_target_observable_equals_mean_force_variance(zr_pool):
+    """--target-observable forces: the i value is −mean force-component variance of the target,
+    checked against rows recomputed from scratch (ψ_F of every target frame)."""
+    import mlipdoe
+    from mlipdoe.exceptions import ConfigurationError
+
+    from conftest import SMALL_SOAP
+
+    pool, target = zr_pool[:30], zr_pool[40:46]
+    result = mlipdoe.select(pool, n=4, criterion="i", target=target, target_observable="forces", soap=SMALL_SOAP,
+                            n_sparse=15)
+    model = result.model
+    C = np.linalg.inv(model.information(result.selected))
+    variances = []
+    for rows in model.observation_rows(target, observations=("energy", "forces")):
+        psi_f = rows.psi[rows.kind == "force"]
+        variances.append(np.einsum("ij,jk,ik->", psi_f, C, psi_f) / len(psi_f))
+    assert result.value == pytest.approx(-np.mean(variances), rel=1e-8)
+    assert result.record.extras["target_observable"] == "forces"
+    with pytest.raises(ConfigurationError, match="needs --observe energy,forces"):
+        mlipdoe.select(pool, n=2, criterion="i", target_observable="forces", model=model)
+    with pytest.raises(ConfigurationError, match="i criterion only"):
+        mlipdoe.select(pool, n=2, criterion="g", target=target, target_observable="forces", model=model)

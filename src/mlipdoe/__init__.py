@@ -23,6 +23,7 @@ from .exceptions import InputError, MlipdoeError
 from .information import InformationModel, Noise
 from .kernels import Kernel
 from .pool import Pool, read_pool
+from .rows import ObservationRows, posterior_mean
 
 __version__ = "0.1.0"
 
@@ -33,11 +34,13 @@ __all__ = [
     "Kernel",
     "MlipdoeError",
     "Noise",
+    "ObservationRows",
     "Pool",
     "SOAP",
     "SelectionResult",
     "build_information_model",
     "model_from_record",
+    "posterior_mean",
     "read_pool",
     "read_record",
     "score",

@@ -19,6 +19,7 @@ from .information import InformationModel, Noise, build_model
 from .kernels import Kernel
 from .optimizers import cost_greedy, exchange, greedy, lazy_greedy
 from .pool import Pool, pool_from_frames, read_pool
+from .rows import mean_force_moment
 from .progress import NULL_PROGRESS, Progress
 
 
@@ -139,11 +140,23 @@ def make_budget(*, n=None, budget_atoms=None, budget_cost=None, cost_power: floa
 
 
 def criterion_inputs(name: str, model: InformationModel, pool: Pool, *, target_frames=None, existing_frames=None,
-                     vectors=None) -> dict:
+                     vectors=None, target_observable: str = "energy") -> dict:
     """Options for :func:`make_criterion`: target rows (i, g), existing rows, pool frames (fps, cur)."""
     opts: dict = {}
     if existing_frames is not None:
         opts["existing"] = existing_rows(model, existing_frames)
+    if target_observable not in ("energy", "forces"):
+        raise ConfigurationError(f"target observable must be energy or forces, got {target_observable!r}")
+    if target_observable == "forces":
+        if name != "i":
+            raise ConfigurationError("--target-observable forces is available for the i criterion only")
+        if target_frames is not None:
+            opts["force_moment"] = mean_force_moment(model.force_variance_rows(target_frames))
+        elif model.pool_force_moment is not None:
+            opts["force_moment"] = model.pool_force_moment
+        else:
+            raise ConfigurationError("--target-observable forces with the pool as target needs --observe energy,forces")
+        return opts
     if name in ("i", "g") and target_frames is not None:
         opts["target"] = target_rows(model, target_frames)
     if name in ("fps", "cur"):
@@ -165,8 +178,8 @@ def _check_covered(model: InformationModel, frames, what: str) -> None:
 
 def select(pool, *, n: int | None = None, criterion: str = "d", optimizer: str = "greedy", restarts: int = 0,
            max_iter: int = 100, budget_atoms: float | None = None, budget_cost: float | None = None,
-           cost_power: float = 3.0, target=None, existing=None, include=(), exclude=(),
-           soap: SOAP = SOAP(), kernel: Kernel = Kernel(), noise: Noise = Noise(),
+           cost_power: float = 3.0, target=None, target_observable: str = "energy", existing=None, include=(),
+           exclude=(), soap: SOAP = SOAP(), kernel: Kernel = Kernel(), noise: Noise = Noise(),
            observations: Sequence[str] = ("energy",), n_sparse=100, sparse_method: str = "cur", seed: int = 0,
            threshold: float | None = None, fixed: Sequence[int] = (), model: InformationModel | None = None,
            lazy: bool = True, chunk_size: int = 100, progress: Progress = NULL_PROGRESS) -> SelectionResult:
@@ -189,6 +202,9 @@ def select(pool, *, n: int | None = None, criterion: str = "d", optimizer: str =
         or ``info["cost"]``. Cost-aware greedy, see :func:`mlipdoe.optimizers.cost_greedy`.
     target : Pool, list of Atoms or path, optional
         Where the potential will be used (criteria ``i`` and ``g``; default the pool).
+    target_observable : {"energy", "forces"}
+        What ``i`` averages over the target: the per-atom energy variance (default) or
+        the mean force-component variance tr(C A), A = mean_t B_tᵀB_t (docs/forces.md).
     existing : Pool, list of Atoms or path, optional
         A training set already computed: its rows enter F(S) first, never removed.
     include, exclude : sequences of int (pool index) or str (config_type)
@@ -247,7 +263,8 @@ def select(pool, *, n: int | None = None, criterion: str = "d", optimizer: str =
     if target_frames is not None:
         _check_covered(model, target_frames, "target")
     t0 = time.perf_counter()
-    opts = criterion_inputs(criterion, model, pool, target_frames=target_frames, existing_frames=existing_frames)
+    opts = criterion_inputs(criterion, model, pool, target_frames=target_frames, existing_frames=existing_frames,
+                            target_observable=target_observable)
     crit = make_criterion(criterion, lenient=True, **opts)
     crit.initialize(model, fixed=fixed_idx, seed=seed)
     details: dict = {}
@@ -288,6 +305,7 @@ def select(pool, *, n: int | None = None, criterion: str = "d", optimizer: str =
         "optimizer_details": details,
         "include": _as_spec_list(include),
         "exclude": _as_spec_list(exclude),
+        "target_observable": target_observable,
         "excluded": excluded,
     }
     if getattr(model, "store_info", None):

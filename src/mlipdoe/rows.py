@@ -220,6 +220,10 @@ def iter_observation_rows(descriptor, frames: Sequence[Atoms], *, sparse, kernel
             raise InputError(f"frame {k} is not periodic in all directions: virials need a full cell "
                              "(drop 'virials' from the observations)")
     cols = sparse.slices()
+
+    def whiten(rows):
+        return scipy.linalg.solve_triangular(L, rows.T, lower=True, check_finite=False).T
+
     for start, stop in _atom_chunks(frames, max_atoms):
         chunk = frames[start:stop]
         desc = descriptor.compute(chunk, gradients=gradients)
@@ -232,7 +236,6 @@ def iter_observation_rows(descriptor, frames: Sequence[Atoms], *, sparse, kernel
             fr, starts = np.unique(block.frame, return_index=True)
             phi[fr, cols[z]] += np.add.reduceat(K, starts, axis=0)
         forces, virials = kernel_gradient_rows(desc, sparse, kernel, n_atoms, positions=want_f, strain=want_v)
-        whiten = lambda rows: scipy.linalg.solve_triangular(L, rows.T, lower=True, check_finite=False).T  # noqa: E731
         psi_e = whiten(phi)
         psi_f = whiten(forces) if want_f else None
         psi_v = whiten(virials) if want_v else None
@@ -241,14 +244,15 @@ def iter_observation_rows(descriptor, frames: Sequence[Atoms], *, sparse, kernel
             index = start + local
             n = int(n_atoms[local])
             ct = config_types[index] if config_types is not None else atoms.info.get("config_type")
-            parts, var, kind = [psi_e[local : local + 1]], [noise.sigma("energy", ct) ** 2 * (n if noise.per_atom else 1)], ["energy"]
+            per_atom = n if noise.per_atom else 1
+            parts, var, kind = [psi_e[local : local + 1]], [noise.sigma("energy", ct) ** 2 * per_atom], ["energy"]
             if want_f:
                 parts.append(psi_f[offsets[local] : offsets[local + 1]])
                 var += [noise.sigma("force", ct) ** 2] * (3 * n)
                 kind += ["force"] * (3 * n)
             if want_v:
                 parts.append(psi_v[6 * local : 6 * local + 6])
-                var += [noise.sigma("virial", ct) ** 2 * (n if noise.per_atom else 1)] * 6
+                var += [noise.sigma("virial", ct) ** 2 * per_atom] * 6
                 kind += ["virial"] * 6
             yield index, ObservationRows(np.concatenate(parts), np.array(var, dtype=float), np.array(kind), n)
         if progress is not None:

@@ -31,7 +31,7 @@ CRITERIA: dict[str, type[Criterion]] = {
 
 #: Options each criterion accepts (``make_criterion`` drops the others when ``lenient``).
 OPTIONS: dict[str, tuple[str, ...]] = {
-    "d": ("existing",), "a": ("existing",), "i": ("existing", "target"), "g": ("existing", "target"),
+    "d": ("existing",), "a": ("existing",), "i": ("existing", "target", "force_moment"), "g": ("existing", "target"),
     "e": ("existing",), "maximin": ("existing",), "random": ("existing",),
     "fps": ("vectors", "frames", "soap", "existing", "existing_vectors"),
     "cur": ("vectors", "frames", "soap", "existing", "existing_vectors"),

@@ -93,11 +93,14 @@ class IOptimal(TraceCriterion):
 
     name = "i"
 
-    def __init__(self, *, target: TargetRows | None = None, existing=None):
+    def __init__(self, *, target: TargetRows | None = None, force_moment: np.ndarray | None = None, existing=None):
         super().__init__(existing=existing)
         self.target = target
+        self.force_moment = force_moment
 
     def _weight(self, model) -> np.ndarray:
+        if self.force_moment is not None:  # --target-observable forces: B = A, mean force variance
+            return np.asarray(self.force_moment, dtype=float)
         t = self.target if self.target is not None else target_rows(model)
         scaled = t.psi / np.asarray(t.n_atoms, dtype=float)[:, None]
         return (scaled.T @ scaled) / len(scaled)
