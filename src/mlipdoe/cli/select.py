@@ -69,7 +69,10 @@ def select(
         None, "--include", help="Pool frames forced in: indices and/or config_types, comma-separated, repeatable."),
     exclude: Optional[List[str]] = typer.Option(
         None, "--exclude", help="Pool frames never chosen: indices and/or config_types, comma-separated."),
-    observe: str = typer.Option("energy", "--observe", help="Observations: energy[,forces][,virials]."),
+    observe: str = typer.Option(
+        "energy", "--observe",
+        help="Observations: energy[,forces][,virials]. Measured best on DFT data: --criterion i --observe "
+        "energy,forces (docs/benchmarks.md); d on force rows starves the energies at small budgets."),
     n_sparse: int = typer.Option(100, help="Sparse points per centre species."),
     sparse_method: str = typer.Option("cur", help="Sparse points by cur (leverage scores) or fps."),
     zeta: float = typer.Option(4, help="Kernel power ζ."),
