@@ -122,7 +122,8 @@ def select(
     result = run_select(
         frames, n=n, budget_atoms=budget_atoms, budget_cost=budget_cost, cost_power=cost_power,
         criterion=criterion, optimizer=optimizer, restarts=restarts, max_iter=max_iter,
-        target=str(target) if target else None, target_observable=target_observable, existing=str(existing) if existing else None,
+        target=str(target) if target else None, target_observable=target_observable,
+        existing=str(existing) if existing else None,
         include=_split(include), exclude=_split(exclude), observations=observations,
         soap=soap, kernel=kernel, noise=noise, n_sparse=n_sparse, sparse_method=sparse_method, seed=seed,
         threshold=threshold, model=model, progress=progress,
@@ -157,7 +158,7 @@ def score(
     from ..pool import read_pool
 
     result = run_score(read_pool([str(p) for p in pool]), design=design,
-                       target=str(target) if target else None, target_observable=target_observable, existing=str(existing) if existing else None)
+                       target=str(target) if target else None, existing=str(existing) if existing else None)
     table = Table(title=f"{result['n_frames']} frames, {result['n_atoms']} atoms, M = {result['M']}")
     table.add_column("criterion")
     table.add_column("value (maximised)", justify="right")
