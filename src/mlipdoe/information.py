@@ -376,14 +376,7 @@ class InformationModel:
     # -- other frames (targets, existing training sets) --------------------
     def rows_for(self, frames: Sequence[Atoms], *, chunk_size: int = 100) -> np.ndarray:
         """Whitened energy rows of frames outside the pool, (len(frames), M)."""
-        species = set(self.sparse.species)
-        for k, atoms in enumerate(frames):
-            extra = set(np.unique(atoms.numbers).tolist()) - species
-            if extra:
-                raise InputError(
-                    f"frame {k} contains species {sorted(extra)} not covered by the sparse points "
-                    f"(species {sorted(species)})"
-                )
+        self._check_species(frames)
         descriptor = make_descriptor(self.soap)
         source = lambda: iter_descriptors(descriptor, frames, chunk_size=chunk_size)  # noqa: E731
         return self.whiten(energy_rows(source, self.sparse, self.kernel, len(frames)))
@@ -471,6 +464,17 @@ class InformationModel:
         return np.einsum("ij,jk,ik->i", psi, C, psi) / np.asarray(n_atoms, dtype=float) ** 2
 
 
+def resolve_species(soap: SOAP, frames: Sequence[Atoms]) -> tuple[SOAP, list[int]]:
+    """The pool's species, and ``soap`` with them filled in (or checked against its list)."""
+    pool_species = sorted({int(z) for a in frames for z in np.unique(a.numbers)})
+    if soap.species is None:
+        return soap.with_species(pool_species), pool_species
+    extra = set(pool_species) - set(soap.species)
+    if extra:
+        raise InputError(f"the pool contains species {sorted(extra)} not listed in the SOAP species {list(soap.species)}")
+    return soap, pool_species
+
+
 def build_model(
     frames: Sequence[Atoms],
     *,
@@ -516,13 +520,7 @@ def build_model(
     noise.validate()
     if len(frames) == 0:
         raise InputError("the pool is empty")
-    pool_species = sorted({int(z) for a in frames for z in np.unique(a.numbers)})
-    if soap.species is None:
-        soap = soap.with_species(pool_species)
-    else:
-        extra = set(pool_species) - set(soap.species)
-        if extra:
-            raise InputError(f"the pool contains species {sorted(extra)} not listed in the SOAP species {list(soap.species)}")
+    soap, pool_species = resolve_species(soap, frames)
     descriptor = make_descriptor(soap)
     source = DescriptorSource(descriptor, frames, chunk_size=chunk_size, cache_limit_bytes=cache_limit_bytes,
                               progress=progress)

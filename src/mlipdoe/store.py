@@ -66,7 +66,7 @@ from ase import Atoms
 
 from .descriptors import SOAP, make_descriptor
 from .exceptions import ConfigurationError, InputError, StoreMismatchError
-from .information import DescriptorSource, InformationModel, Noise
+from .information import DescriptorSource, InformationModel, Noise, resolve_species
 from .kernels import Kernel, SparsePoints, choose_sparse_points, cholesky_with_jitter
 from .pool import frames_sha256
 from .progress import NULL_PROGRESS, Progress
@@ -618,13 +618,7 @@ def build_model_stored(
     if sparse_method not in ("cur", "fps"):
         raise ConfigurationError(f"unknown sparse-point method {sparse_method!r} (use cur or fps)")
     limit = parse_memory(memory_limit)
-    pool_species = sorted({int(z) for a in frames for z in np.unique(a.numbers)})
-    if soap.species is None:
-        soap = soap.with_species(pool_species)
-    else:
-        extra = set(pool_species) - set(soap.species)
-        if extra:
-            raise InputError(f"the pool contains species {sorted(extra)} not listed in the SOAP species {list(soap.species)}")
+    soap, pool_species = resolve_species(soap, frames)
     soap.validate()
     N = len(frames)
     n_atoms_total = int(sum(len(a) for a in frames))
