@@ -13,6 +13,26 @@ from mlipdoe.descriptors import SOAP
 #: ../shared/data as CI sees it (repo at X/main, data at X/shared/data).
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+#: The EAM potential that labels generated Zr frames in label-backed tests.
+EAM_FILE = SHARED_DATA / "eam" / "Zr_mm.eam.fs"
+
+
+def eam_labelled(frames):
+    """Copies of ``frames`` with EAM labels in ``info["energy"]`` / ``arrays["force"]``."""
+    from ase.calculators.eam import EAM
+
+    calc = EAM(potential=str(EAM_FILE))
+    out = []
+    for atoms in frames:
+        a = atoms.copy()
+        a.calc = calc
+        a.info["energy"] = a.get_potential_energy()
+        a.arrays["force"] = a.get_forces()
+        a.calc = None
+        out.append(a)
+    return out
+
+
 #: A small SOAP that keeps tests fast.
 SMALL_SOAP = SOAP(cutoff=4.5, cutoff_transition_width=0.5, n_max=4, l_max=3, atom_sigma=0.5)
 

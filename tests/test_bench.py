@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import EAM_FILE, eam_labelled
 from ase.calculators.calculator import Calculator
 
 from mlipdoe.bench import (BenchmarkConfig, FrozenDesign, LabelAccessError, LabelVault, run_benchmark,
@@ -19,24 +21,7 @@ from mlipdoe.information import Noise, build_model
 from mlipdoe.kernels import Kernel
 
 SMALL = SOAP(n_max=4, l_max=3)
-EAM_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "eam" / "Zr_mm.eam.fs"
 needs_eam = pytest.mark.skipif(not EAM_FILE.exists(), reason="../shared/data/eam not present")
-
-
-def _labelled(frames):
-    """EAM labels in info['energy'] / arrays['force']."""
-    from ase.calculators.eam import EAM
-
-    calc = EAM(potential=str(EAM_FILE))
-    out = []
-    for atoms in frames:
-        a = atoms.copy()
-        a.calc = calc
-        a.info["energy"] = a.get_potential_energy()
-        a.arrays["force"] = a.get_forces()
-        a.calc = None
-        out.append(a)
-    return out
 
 
 class Booby(Calculator):
@@ -102,7 +87,7 @@ def test_selection_never_reads_labels():
 def labelled_zr():
     if not EAM_FILE.exists():
         pytest.skip("../shared/data/eam not present")
-    return _labelled(zr_example(24, seed=0)), _labelled(zr_example(6, seed=7))
+    return eam_labelled(zr_example(24, seed=0)), eam_labelled(zr_example(6, seed=7))
 
 
 def test_shuffled_labels_give_identical_designs_and_different_errors(labelled_zr):

@@ -9,6 +9,8 @@ import ase.io
 import numpy as np
 import pytest
 
+from conftest import EAM_FILE, eam_labelled
+
 from mlipdoe.descriptors import SOAP
 from mlipdoe.exceptions import InputError
 from mlipdoe.fit import GPRModel, Labels, evaluate, fit_from_rows, fit_gpr, frame_rows, load_model, read_labels
@@ -16,7 +18,6 @@ from mlipdoe.generate import zr_example
 from mlipdoe.information import Noise, build_model
 
 SMALL = SOAP(n_max=4, l_max=3)
-EAM_FILE = Path(__file__).resolve().parents[2] / "shared" / "data" / "eam" / "Zr_mm.eam.fs"
 
 
 @pytest.fixture(scope="module")
@@ -141,29 +142,14 @@ def _with_energy(atoms):
     return a
 
 
-def _eam_labelled(frames):
-    from ase.calculators.eam import EAM
-
-    calc = EAM(potential=str(EAM_FILE))
-    out = []
-    for atoms in frames:
-        a = atoms.copy()
-        a.calc = calc
-        a.info["energy"] = a.get_potential_energy()
-        a.arrays["force"] = a.get_forces()
-        a.calc = None
-        out.append(a)
-    return out
-
-
 @pytest.mark.skipif(not EAM_FILE.exists(), reason="../shared/data/eam not present")
 def test_cli_fit_and_evaluate(tmp_path):
     from typer.testing import CliRunner
 
     from mlipdoe.cli import app
 
-    train = _eam_labelled(zr_example(10, seed=0))
-    test = _eam_labelled(zr_example(4, seed=5))
+    train = eam_labelled(zr_example(10, seed=0))
+    test = eam_labelled(zr_example(4, seed=5))
     ase.io.write(tmp_path / "train.xyz", train, format="extxyz")
     ase.io.write(tmp_path / "test.xyz", test, format="extxyz")
     runner = CliRunner()
@@ -188,8 +174,8 @@ def test_builtin_fit_agrees_with_gap_fit(tmp_path):
     two differ by the descriptor (different radial basis), reported, loosely bounded here."""
     from mlipdoe.fit import compare_engines
 
-    train = _eam_labelled(zr_example(30, seed=0))
-    test = _eam_labelled(zr_example(10, seed=5))
+    train = eam_labelled(zr_example(30, seed=0))
+    test = eam_labelled(zr_example(10, seed=5))
     res = compare_engines(train, test, soap=SOAP(n_max=6, l_max=4), noise=Noise(energy=0.001, force=0.1),
                           n_sparse=30, output=tmp_path)
     assert res["quippy_soap_vs_gap_fit_energy"] < 1e-3 * res["quippy_soap_energy_rmse"]

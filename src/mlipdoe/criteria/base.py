@@ -179,6 +179,14 @@ class Criterion(ABC):
             self.add(m)
         return self
 
+    def _remove_by_rebuild(self, index: int) -> float:
+        """``remove`` for criteria whose state is rebuilt from the members (``_rebuild``)."""
+        index = self._check_member(index)
+        before = self.value()
+        self.members.remove(index)
+        self._rebuild()
+        return self.value() - before
+
     def _check_member(self, index: int) -> int:
         index = int(index)
         if index not in self.members:

@@ -169,12 +169,7 @@ class CURSelection(_DescriptorBaseline, Criterion):
         self.members.append(index)
         return delta
 
-    def remove(self, index: int) -> float:
-        index = self._check_member(index)
-        before = self._value
-        self.members.remove(index)
-        self._rebuild()
-        return self._value - before
+    remove = Criterion._remove_by_rebuild
 
     def value(self) -> float:
         return self._value

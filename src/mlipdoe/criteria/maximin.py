@@ -92,12 +92,7 @@ class SpaceFilling(Criterion):
         self.members.append(index)
         return self._value - before
 
-    def remove(self, index: int) -> float:
-        index = self._check_member(index)
-        before = self._value
-        self.members.remove(index)
-        self._rebuild()
-        return self._value - before
+    remove = Criterion._remove_by_rebuild
 
     def value(self) -> float:
         return self._value
