@@ -108,7 +108,19 @@ def current_rss() -> int:
 
 
 def peak_rss() -> int:
-    """Peak resident set size of this process so far (bytes; Linux ru_maxrss is KiB)."""
+    """Peak resident set size of this process so far (bytes).
+
+    Linux: VmHWM of /proc/self/status. ``ru_maxrss`` is not used there because it keeps
+    the high-water mark of the process image *before* exec (a child of a large parent
+    reports the parent's size).
+    """
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover - non-Linux
+        pass
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
