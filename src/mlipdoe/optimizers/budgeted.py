@@ -61,13 +61,10 @@ def cost_greedy(criterion, costs: np.ndarray, budget: float, *, available: np.nd
             if threshold is not None and best_gain < threshold:
                 result.stopped_by = "threshold"
                 break
-            realised = criterion.add(best)
+            result.take(criterion, best)
             mask[best] = False
             spent += float(costs[best])
             phases.append(phase)
-            result.selected.append(best)
-            result.gains.append(float(realised))
-            result.values.append(float(criterion.value()))
             advance(1)
     result.extra.update(spent=spent, budget=float(budget), phases=phases)
     return result

@@ -25,6 +25,14 @@ class GreedyResult:
     stopped_by: str = "n"
     extra: dict = field(default_factory=dict)
 
+    def take(self, criterion, index: int) -> float:
+        """Add ``index`` to ``criterion`` and record the pick, its realised gain and the value."""
+        realised = float(criterion.add(index))
+        self.selected.append(int(index))
+        self.gains.append(realised)
+        self.values.append(float(criterion.value()))
+        return realised
+
 
 def all_gains(criterion, candidates: np.ndarray, chunk_size: int = 8192) -> np.ndarray:
     """``criterion.gains`` over ``candidates`` in chunks (bounded memory)."""
@@ -93,11 +101,8 @@ def greedy(criterion, n: int, *, available: np.ndarray, threshold: float | None 
             if threshold is not None and best_gain < threshold:
                 result.stopped_by = "threshold"
                 break
-            realised = criterion.add(best)
+            result.take(criterion, best)
             mask[best] = False
-            result.selected.append(best)
-            result.gains.append(float(realised))
-            result.values.append(float(criterion.value()))
             advance(1)
     return result
 
@@ -153,10 +158,7 @@ def lazy_greedy(criterion, n: int, *, available: np.ndarray, threshold: float | 
             if threshold is not None and best_gain < threshold:
                 result.stopped_by = "threshold"
                 break
-            realised = criterion.add(best)
-            result.selected.append(best)
-            result.gains.append(float(realised))
-            result.values.append(float(criterion.value()))
+            result.take(criterion, best)
             advance(1)
     n_plain = sum(len(candidates) - k for k in range(len(result.selected) + (result.stopped_by == "threshold")))
     result.extra["n_evaluations_plain"] = int(n_plain)
