@@ -167,6 +167,37 @@ def test_lazy_greedy_threshold_stops_like_greedy(model):
     assert lazy.selected == plain.selected
 
 
+def test_lazy_greedy_exact_ties_go_to_the_lowest_index(frames):
+    """Every frame twice (identical rows, exactly tied gains): lazy picks what plain
+    greedy picks, and of each pair the lower index first."""
+    pool = list(frames[:25]) * 2
+    m = mlipdoe.build_information_model(pool, soap=SMALL_SOAP, n_sparse=10)
+    available = np.ones(m.n_frames, bool)
+    plain = greedy(make_criterion("d").initialize(m), 30, available=available)
+    lazy = lazy_greedy(make_criterion("d").initialize(m), 30, available=available)
+    assert lazy.selected == plain.selected
+    for s in lazy.selected:
+        if s >= 25:
+            assert lazy.selected.index(s - 25) < lazy.selected.index(s)
+
+
+def test_lazy_greedy_many_picks_same_design_and_accounting():
+    """300 frames, 80 picks: batches of re-evaluations with frames of many stamps give
+    the plain greedy design; the per-pick counts add up to the evaluations."""
+    from mlipdoe.generate import zr_example
+
+    m = mlipdoe.build_information_model(zr_example(300, seed=4, supercell=(2, 2, 1)), soap=SMALL_SOAP, n_sparse=30)
+    available = np.ones(m.n_frames, bool)
+    available[::7] = False
+    plain = greedy(make_criterion("d").initialize(m, fixed=[7]), 80, available=available)
+    lazy = lazy_greedy(make_criterion("d").initialize(m, fixed=[7]), 80, available=available)
+    assert lazy.selected == plain.selected
+    np.testing.assert_allclose(lazy.values, plain.values, rtol=1e-10)
+    per_pick = lazy.extra["evaluations_per_pick"]
+    assert len(per_pick) == 80 and lazy.n_evaluations == available.sum() + sum(per_pick)
+    assert lazy.n_evaluations < 0.5 * plain.n_evaluations
+
+
 def test_exchange_history_restarts_and_fixed(model):
     available = np.ones(model.n_frames, bool)
     available[[3, 4]] = False

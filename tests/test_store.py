@@ -179,6 +179,43 @@ def test_two_worker_dask_cluster_matches_serial(frames, reference, tmp_path):
     assert np.array_equal(by_address.psi, reference.psi)
 
 
+def test_dask_worker_processes_match_serial(frames, reference, tmp_path):
+    """Workers in separate processes (frames, sparse points and rows cross pickling)."""
+    distributed = pytest.importorskip("dask.distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        pids = set(client.run(os.getpid).values())
+        assert len(pids) == 2 and os.getpid() not in pids
+        model = build_model_stored(frames, store=tmp_path / "procs", sparse_sample=None,
+                                   scheduler=cluster.scheduler_address, **OPTS)
+    assert np.array_equal(model.psi, reference.psi)
+
+
+def _unaligned(a, offset=4):
+    """A copy of ``a`` at an address ``offset`` bytes past 64-byte alignment (as pickle-5
+    buffers can arrive on a Dask worker)."""
+    buf = np.empty(a.nbytes + 128, dtype=np.uint8)
+    start = (-buf.ctypes.data) % 64 + offset
+    out = buf[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    assert not out.flags.aligned
+    return out
+
+
+def test_chunk_rows_are_bit_identical_for_unaligned_inputs(frames, reference):
+    import copy
+
+    from mlipdoe.store import chunk_rows
+
+    m = reference
+    chunk = frames[35:40]
+    expected = chunk_rows(chunk, m.soap, m.sparse, m.kernel, m.L)["psi"]
+    sparse = copy.copy(m.sparse)
+    sparse.vectors = {z: _unaligned(v) for z, v in m.sparse.vectors.items()}
+    got = chunk_rows(chunk, m.soap, sparse, m.kernel, _unaligned(m.L))["psi"]
+    assert np.array_equal(got, expected)
+
+
 def test_unknown_scheduler_is_refused(frames, tmp_path):
     with pytest.raises(ConfigurationError, match="scheduler must be serial, local or an address"):
         build_model_stored(frames, store=tmp_path / "s", scheduler="yarn", **OPTS)
@@ -236,6 +273,33 @@ def test_parse_memory():
     assert parse_memory(1e9) == 10**9
     with pytest.raises(InputError, match="cannot read memory limit"):
         parse_memory("lots")
+
+
+def test_resume_under_a_lower_memory_limit_is_refused(frames, reference, tmp_path, monkeypatch):
+    """The chunk layout is fixed at creation; a resumed run whose limit no longer fits a
+    stored chunk stops with the size it needs instead of exceeding the cap."""
+    import mlipdoe.store as store_module
+    from mlipdoe.descriptors import make_descriptor
+
+    path = tmp_path / "store"
+    with pytest.raises(Interrupt):
+        build_model_stored(frames, store=path, sparse_sample=None, progress=FailAfter(2), **OPTS)
+    monkeypatch.setattr(store_module, "current_rss", lambda: 0)  # deterministic planning
+    opts = dict(OPTS, chunk_size=None)
+    dim = make_descriptor(SMALL.with_species([40])).compute(frames[:1]).dimension
+    args = dict(baseline_bytes=0, n_frames=len(frames), mean_atoms=np.mean([len(a) for a in frames]),
+                dimension=dim, M=15, itemsize=8)
+    one = plan_chunk_size(memory_limit=10**12, **args)
+    per_frame = one.per_chunk_bytes / one.chunk_size
+    tight = int(one.resident_bytes + 3.5 * per_frame)  # fits 3 frames per chunk, not the stored 7
+    assert plan_chunk_size(memory_limit=tight, **args).max_chunk_size == 3
+    with pytest.raises(ConfigurationError, match=r"started with chunks of 7 frames; finishing its \d+ missing"):
+        build_model_stored(frames, store=path, sparse_sample=None, memory_limit=tight, **opts)
+    resumed = build_model_stored(frames, store=path, sparse_sample=None, memory_limit=10**12, **opts)
+    assert np.array_equal(resumed.psi, reference.psi)
+    # a complete store loads under the tight limit (no chunk left to compute)
+    warm = build_model_stored(frames, store=path, sparse_sample=None, memory_limit=tight, **opts)
+    assert warm.store_info["chunks_computed"] == 0
 
 
 def test_plan_refuses_a_limit_below_the_rows():

@@ -137,6 +137,14 @@ class ChunkPlan:
     per_chunk_bytes: int
     in_flight: int
     limit_bytes: int | None
+    #: Largest chunk (frames) the limit allows; None without a limit.
+    max_chunk_size: int | None = None
+    baseline_bytes: int = 0
+
+    def bytes_for(self, chunk_size: int) -> int:
+        """Planned peak RSS with chunks of ``chunk_size`` frames."""
+        per_frame = self.per_chunk_bytes / max(self.chunk_size, 1)
+        return int(self.baseline_bytes + self.resident_bytes + self.in_flight * chunk_size * per_frame)
 
 
 def plan_chunk_size(*, memory_limit: int | None, baseline_bytes: int, n_frames: int, mean_atoms: float,
@@ -154,7 +162,7 @@ def plan_chunk_size(*, memory_limit: int | None, baseline_bytes: int, n_frames: 
     resident = n_frames * M * itemsize + 6 * M * M * 8 + 2 * min(n_frames, 8192) * M * 8
     if memory_limit is None:
         size = chunk_size or MAX_CHUNK_FRAMES
-        return ChunkPlan(int(size), int(resident), int(size * per_frame), in_flight, None)
+        return ChunkPlan(int(size), int(resident), int(size * per_frame), in_flight, None, None, int(baseline_bytes))
     budget = memory_limit - baseline_bytes - resident
     fit = int(budget // (in_flight * per_frame)) if budget > 0 else 0
     if fit < 1:
@@ -166,7 +174,8 @@ def plan_chunk_size(*, memory_limit: int | None, baseline_bytes: int, n_frames: 
             f"{n_frames * M * itemsize / 1e9:.3g} GB + one chunk); raise --memory-limit{hint} or lower n_sparse"
         )
     size = min(fit, chunk_size or MAX_CHUNK_FRAMES, max(n_frames, 1))
-    return ChunkPlan(int(size), int(resident), int(size * per_frame), in_flight, int(memory_limit))
+    return ChunkPlan(int(size), int(resident), int(size * per_frame), in_flight, int(memory_limit), fit,
+                     int(baseline_bytes))
 
 
 # ---------------------------------------------------------------------------
@@ -219,6 +228,10 @@ def chunk_rows(frames: Sequence[Atoms], soap: SOAP, sparse: SparsePoints, kernel
     frame has none of a species), ``seconds_descriptors``, ``seconds_rows``.
     """
     t0 = time.perf_counter()
+    # arrays unpickled on a Dask worker can sit at unaligned addresses, where numpy's
+    # matmul skips BLAS and rounds differently: align them (serial results, bit for bit)
+    L = np.require(L, requirements="A")
+    vectors = {z: np.require(v, requirements=["A", "C"]) for z, v in sparse.vectors.items()}
     desc = _descriptor_for(soap).compute(list(frames))
     t1 = time.perf_counter()
     n = len(frames)
@@ -235,7 +248,7 @@ def chunk_rows(frames: Sequence[Atoms], soap: SOAP, sparse: SparsePoints, kernel
             raise InputError(f"species {z} is not covered by the sparse points (species {list(cols)})")
         present, starts = np.unique(block.frame, return_index=True)  # featomic orders samples by frame
         counts = np.diff(np.append(starts, len(block.frame)))
-        K = _power_inplace(block.values @ sparse.vectors[z].T, kernel)
+        K = _power_inplace(np.require(block.values, requirements="A") @ vectors[z].T, kernel)
         phi[present, cols[z]] = _segment_sums(K, starts, counts)
         del K
         pooled[present, k * D:(k + 1) * D] = _segment_sums(block.values, starts, counts) / counts[:, None]
@@ -665,6 +678,7 @@ def build_model_stored(
                                itemsize=np.dtype(dtype).itemsize, in_flight=in_flight if client else 1,
                                chunk_size=chunk_size)
         rs = RowStore.open(store, inputs, n_frames=N, chunk_size=plan.chunk_size, dtype=dtype)
+        _check_resumable_under(plan, rs)
         cache_limit = 5e8 if limit is None else max(0.0, (limit - baseline - plan.resident_bytes) * 0.5)
 
         # -- sparse points and K_MM ------------------------------------------
@@ -722,6 +736,23 @@ def build_model_stored(
         "planned_chunk_bytes": plan.per_chunk_bytes, "sparse_sample": inputs["sparse_sample"],
     }
     return model
+
+
+def _check_resumable_under(plan: ChunkPlan, rs: "RowStore") -> None:
+    """Refuse to finish a store whose fixed chunk size no longer fits the memory limit.
+
+    The chunk layout is fixed when a store is created (bit-identical resumes), so a run
+    resumed under a lower ``memory_limit`` cannot shrink its chunks.
+    """
+    if plan.max_chunk_size is None or rs.chunk_size <= plan.max_chunk_size or rs.complete:
+        return
+    need = plan.bytes_for(rs.chunk_size)
+    raise ConfigurationError(
+        f"store {rs.path} was started with chunks of {rs.chunk_size} frames; finishing its "
+        f"{len(rs.missing_chunks())} missing chunks needs about {need / 1e9:.3g} GB, over the memory limit "
+        f"{plan.limit_bytes / 1e9:.3g} GB (which allows {plan.max_chunk_size}); raise --memory-limit to "
+        f"{need / 1e9:.3g}GB or use a new --store directory"
+    )
 
 
 def _run_chunks(rs: RowStore, indices, frames, soap, sparse, kernel, L, client, in_flight, progress):

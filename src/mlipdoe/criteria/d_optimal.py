@@ -15,11 +15,18 @@ class DOptimal(InformationCriterion):
     Value: log det F̃(S). Gain of adding s: log det(I + W_s C W_sᵀ), C = F̃⁻¹
     (matrix determinant lemma; energy-only: log(1 + q_s), q_s = w_sᵀ C w_s).
 
-    Incremental update: single-row factors keep q for the whole pool and update it
-    after each pick with one N × M matrix–vector product,
-    q ← q − (W u)² / (1 + w*ᵀ u), u = C w*  (Sherman–Morrison), plus O(M²) for C.
-    Blocks of r rows use the Woodbury form; cost O(M² r) per evaluated gain.
-    Cost per greedy pick: O(N M) energy-only; O(N M² r) with blocks.
+    Incremental update, energy-only (single-row factors): every add or remove of a frame
+    w* changes C by a rank-one term, C ← C − c_j u_j u_jᵀ with u_j = C w*, c_j = ±1/(1 ± w*ᵀu_j)
+    (Sherman–Morrison), so q_s ← q_s − c_j (w_sᵀ u_j)². These updates are *deferred*: the
+    criterion keeps q_s with a stamp (the number of updates it has seen) and the scaled
+    vectors v_j = √|c_j| u_j, and brings a frame's q_s up to date only when its gain is
+    asked for, with one matrix product of its row against the v_j it missed. Asking for
+    every frame after every pick costs one N × M matrix–vector product per pick, as an
+    eager update would; lazy greedy asks for few frames, and each frame's catch-ups over a
+    whole run sum to at most one M-vector product per update (they telescope), done as
+    matrix–matrix products. Plus O(M²) per update for C.
+    Blocks of r rows use the Woodbury form; cost O(M² r) per evaluated gain, O(N M² r)
+    per greedy pick.
     Monotone submodular (Krause & Golovin 2014), so lazy greedy is exact.
 
     Options: ``existing`` (:class:`~mlipdoe.criteria.base.ExistingRows`).
@@ -33,8 +40,83 @@ class DOptimal(InformationCriterion):
     def initialize(self, model, *, fixed: Sequence[int] = (), seed: int = 0) -> "DOptimal":
         self._init_state(model, fixed, seed)
         self._scale = model.energy_scale
-        self._q = self._quadratic_forms() if self._rank_one else None
+        self._clear_pending()
+        self._q = None
+        if self._rank_one:  # C = I before any frame enters: q_s = |w_s|²
+            empty = not self.fixed and self.existing is None
+            self._q = self._squared_norms() if empty else self._quadratic_forms()
         return self
+
+    # -- deferred rank-one updates ------------------------------------------------
+    def _clear_pending(self) -> None:
+        """No pending updates: every q_s is current."""
+        self._k = 0  # updates recorded since q was last current for all frames
+        self._V = np.empty((0, self.model.M))  # rows v_j = √|c_j| u_j
+        self._sign = np.empty(0)  # sign of c_j (+1 add, −1 remove)
+        self._stamp = np.zeros(self.model.n_frames, dtype=np.int64) if self._rank_one else None
+
+    def _record(self, u: np.ndarray, c: float) -> None:
+        if self._k == len(self._V):  # grow by doubling (amortised O(M) per update)
+            cap = max(16, 2 * len(self._V))
+            V, sign = np.empty((cap, self.model.M)), np.empty(cap)
+            V[: self._k], sign[: self._k] = self._V[: self._k], self._sign[: self._k]
+            self._V, self._sign = V, sign
+        self._V[self._k] = np.sqrt(abs(c)) * u
+        self._sign[self._k] = 1.0 if c > 0 else -1.0
+        self._k += 1
+
+    def _catch_up(self, rows: np.ndarray, stamps: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        """Σ_{j ≥ stamp_s} c_j (w_sᵀu_j)² for each row ψ_s (the amount q_s must drop)."""
+        lo = int(stamps.min())
+        Y = rows @ self._V[lo : self._k].T
+        Y *= Y
+        Y *= self._sign[lo : self._k]
+        if int(stamps.max()) == lo:
+            drop = Y.sum(axis=1)
+        else:  # row s needs the columns j ≥ stamp_s only: suffix sums
+            suffix = np.cumsum(Y[:, ::-1], axis=1)
+            missed = self._k - stamps
+            drop = np.where(missed > 0, suffix[np.arange(len(Y)), np.maximum(missed - 1, 0)], 0.0)
+        return drop * scale * scale
+
+    def _bring_up_to_date(self, candidates: np.ndarray) -> None:
+        stale = candidates[self._stamp[candidates] < self._k]
+        if len(stale) == 0:
+            return
+        if len(stale) > min(self.chunk_size // 2, self.model.n_frames // 8):  # a sweep: contiguous chunks, no copies
+            self._sync()
+            return
+        stale = stale[np.argsort(self._stamp[stale], kind="stable")]
+        missed = self._k - self._stamp[stale]  # decreasing
+        # groups in which every frame missed at least half the updates of the group's first
+        # (one product each, at most 2× the needed flops, about log2(k) groups)
+        a = 0
+        while a < len(stale):
+            b = a + int(np.searchsorted(-missed[a:], -((missed[a] + 1) // 2), side="right"))
+            idx = stale[a:b]
+            self._q[idx] -= self._catch_up(self.model.psi[idx], self._stamp[idx], self._scale[idx])
+            self._stamp[idx] = self._k
+            a = b
+
+    def _sync(self) -> None:
+        """Bring every q_s up to date and drop the recorded updates."""
+        if self._k == 0:
+            return
+        psi = self.model.psi
+        for start in range(0, self.model.n_frames, self.chunk_size):
+            sl = slice(start, start + self.chunk_size)
+            stamps = self._stamp[sl]
+            if int(stamps.min()) < self._k:
+                self._q[sl] -= self._catch_up(psi[sl], stamps, self._scale[sl])
+        self._clear_pending()
+
+    def _squared_norms(self) -> np.ndarray:
+        model = self.model
+        q = np.empty(model.n_frames)
+        for start in range(0, model.n_frames, self.chunk_size):
+            P = model.psi[start : start + self.chunk_size]
+            q[start : start + len(P)] = np.einsum("ij,ij->i", P, P)
+        return q * self._scale**2
 
     def _quadratic_forms(self) -> np.ndarray:
         """q_s = w_sᵀ C w_s for every pool frame, in chunks of rows."""
@@ -47,22 +129,26 @@ class DOptimal(InformationCriterion):
 
     def gains(self, candidates: np.ndarray) -> np.ndarray:
         if self._rank_one:
+            candidates = np.asarray(candidates, dtype=np.int64)
+            self._bring_up_to_date(candidates)
             return np.log1p(self._q[candidates])
         return np.array([self.state.gain(self.model.factor(int(c))) for c in candidates])
 
     def _update(self, index: int, sign: int) -> float:
         delta, U, S_inv = self.state.update(self.model.factor(index), sign)
         if self._rank_one:
-            model = self.model
-            u = U[:, 0]
-            for start in range(0, model.n_frames, self.chunk_size):
-                sl = slice(start, start + self.chunk_size)
-                y = model.psi[sl] @ u
-                y *= self._scale[sl]
-                y *= y
-                y *= sign * S_inv[0, 0]
-                self._q[sl] -= y
+            self._record(U[:, 0], sign * float(S_inv[0, 0]))
         return delta
+
+    def snapshot(self) -> dict:
+        if self._rank_one:
+            self._sync()  # a snapshot holds current q only (cheap to copy and restore)
+        return super().snapshot()
+
+    def restore(self, snap: dict) -> None:
+        super().restore(snap)
+        if self._rank_one:
+            self._clear_pending()
 
     def value(self) -> float:
         return self.state.log_det

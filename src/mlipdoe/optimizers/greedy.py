@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import heapq
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,25 +42,31 @@ def all_gains(criterion, candidates: np.ndarray, chunk_size: int = 8192) -> np.n
     return out
 
 
+def tie_tolerance(criterion, best: float) -> float:
+    """Largest gap below the best gain ``best`` within which :func:`best_candidate` may
+    prefer another candidate (the larger of its two tie rules)."""
+    return TIE_RTOL * max(1.0, abs(float(criterion.value())), abs(best))
+
+
 def best_candidate(criterion, candidates: np.ndarray, scores: np.ndarray) -> int:
     """Position in ``candidates`` of the largest score.
 
-    Exact ties go to the lowest position (candidates are in increasing index order).
-    If the criterion has a :meth:`tie_break`, scores within ``TIE_RTOL·max(1, |value|)``
-    of the best are tied and the largest tie-break score wins.
+    Candidates are in increasing index order. If the criterion has a :meth:`tie_break`,
+    scores within ``TIE_RTOL·max(1, |value|)`` of the best are tied and the largest
+    tie-break score wins. Otherwise scores within ``TIE_RTOL·|best|`` of the best (equal
+    up to round-off, e.g. duplicated frames whose gains BLAS rounds differently by
+    position) are tied and the lowest position wins.
     """
     k = int(np.argmax(scores))
-    tied = None
-    if len(scores) > 1:
-        tol = TIE_RTOL * max(1.0, abs(float(criterion.value())))
-        near = np.flatnonzero(scores >= scores[k] - tol)
-        if len(near) > 1:
-            tied = near
-    if tied is not None:
-        tb = criterion.tie_break(candidates[tied])
+    if len(scores) == 1:
+        return k
+    best = float(scores[k])
+    near = np.flatnonzero(scores >= best - TIE_RTOL * max(1.0, abs(float(criterion.value()))))
+    if len(near) > 1:
+        tb = criterion.tie_break(candidates[near])
         if tb is not None:
-            return int(tied[int(np.argmax(tb))])
-    return k
+            return int(near[int(np.argmax(tb))])
+    return int(np.flatnonzero(scores >= best - TIE_RTOL * abs(best))[0])
 
 
 def greedy(criterion, n: int, *, available: np.ndarray, threshold: float | None = None,
@@ -108,60 +113,77 @@ def greedy(criterion, n: int, *, available: np.ndarray, threshold: float | None 
 
 
 def lazy_greedy(criterion, n: int, *, available: np.ndarray, threshold: float | None = None,
-                chunk_size: int = 8192, max_batch: int = 256, progress=NULL_PROGRESS) -> GreedyResult:
+                chunk_size: int = 8192, progress=NULL_PROGRESS) -> GreedyResult:
     """Greedy with stale upper bounds (Minoux 1978) for submodular criteria.
 
     Every candidate's last evaluated gain is an upper bound on its current gain
-    (submodularity: gains only shrink as the design grows). Pop the largest bound;
-    if it was evaluated for the current design, it is the greedy pick; otherwise
-    re-evaluate it and push it back. The heap orders by (−gain, index), so ties go to
-    the lowest index exactly as in :func:`greedy`: for a submodular criterion the
-    design is identical, with far fewer gain evaluations. Stale bounds are re-evaluated
-    in batches (1, 2, 4, … ≤ ``max_batch`` consecutive stale heap tops) to cut Python
-    overhead; re-evaluating more than needed only tightens bounds, so the design is
-    unchanged.
+    (submodularity: gains only shrink as the design grows). For each pick, the stale
+    candidates with the largest bounds are re-evaluated, a batch at a time in one
+    ``criterion.gains`` call, until the best re-evaluated gain g* is at least every
+    remaining stale bound; ties go to the lowest index exactly as in :func:`greedy`, so
+    for a submodular criterion the design is the same with far fewer gain evaluations.
+    The bounds live in one array (no heap): a batch costs O(N) array work plus its
+    evaluations. The batch starts at a quarter of the previous pick's evaluations and
+    then grows to min(2 × batch, number of stale bounds that may still win); evaluating
+    more than needed only tightens bounds, so the design does not depend on the batch
+    sizes. Stale bounds within :func:`tie_tolerance` of g* are evaluated too, so the pick
+    is :func:`best_candidate` over the same near-tied set as in :func:`greedy`.
 
     Returns a :class:`GreedyResult` whose ``extra`` holds ``n_evaluations_plain``
-    (what :func:`greedy` would have spent) and ``saved_fraction``.
+    (what :func:`greedy` would have spent), ``saved_fraction`` and
+    ``evaluations_per_pick``.
     """
-    candidates = np.flatnonzero(np.asarray(available, dtype=bool))
+    alive = np.array(available, dtype=bool, copy=True)
+    candidates = np.flatnonzero(alive)
     result = GreedyResult([], [], [])
-    g = all_gains(criterion, candidates, chunk_size)
+    bound = np.full(len(alive), -np.inf)
+    bound[candidates] = all_gains(criterion, candidates, chunk_size)
     result.n_evaluations = len(candidates)
-    heap = [(-float(gain), int(c)) for gain, c in zip(g, candidates)]
-    heapq.heapify(heap)
-    stamp = {int(c): 0 for c in candidates}  # pick number at which the bound was computed
+    fresh = alive.copy()  # evaluated for the current design
+    per_pick, batch = [], 1
     with progress.stage("selection", n) as advance:
         for pick in range(n):
-            chosen = None
-            batch = 1
-            while heap:
-                neg_gain, c = heapq.heappop(heap)
-                if stamp[c] == pick:
-                    chosen = (c, -neg_gain)
+            if pick:
+                fresh[:] = False
+            spent = 0
+            while True:
+                fresh_idx = np.flatnonzero(fresh)
+                best_gain = float(bound[fresh_idx].max()) if len(fresh_idx) else -np.inf
+                # a stale bound this close to the best fresh gain may still win or tie
+                floor = best_gain - tie_tolerance(criterion, best_gain) if len(fresh_idx) else -np.inf
+                stale = np.flatnonzero(alive & ~fresh)
+                b = bound[stale]
+                above = int(np.count_nonzero(b >= floor))
+                if above == 0:
                     break
-                # re-evaluate this stale bound together with the next stale ones (the batch
-                # doubles while the top stays stale; fewer Python round trips, same design)
-                stale = [c]
-                while heap and len(stale) < batch and stamp[heap[0][1]] != pick:
-                    stale.append(heapq.heappop(heap)[1])
-                fresh = criterion.gains(np.array(stale, dtype=np.int64))
-                result.n_evaluations += len(stale)
-                for c_, g_ in zip(stale, fresh):
-                    stamp[c_] = pick
-                    heapq.heappush(heap, (-float(g_), c_))
-                batch = min(2 * batch, max_batch)
-            if chosen is None:
+                size = min(batch, above)
+                take = stale[np.argpartition(-b, size - 1)[:size]] if size < len(stale) else stale
+                take.sort()
+                bound[take] = criterion.gains(take)
+                fresh[take] = True
+                spent += len(take)
+                batch = min(2 * batch, above)
+            best = None
+            if len(fresh_idx):
+                k = best_candidate(criterion, fresh_idx, bound[fresh_idx])
+                best, best_gain = int(fresh_idx[k]), float(bound[fresh_idx[k]])
+            if best is None:
                 result.stopped_by = "exhausted"
                 break
-            best, best_gain = chosen
+            result.n_evaluations += spent
+            per_pick.append(spent)
+            batch = max(1, spent // 4)
             if threshold is not None and best_gain < threshold:
                 result.stopped_by = "threshold"
                 break
             result.take(criterion, best)
+            alive[best] = fresh[best] = False
+            bound[best] = -np.inf
             advance(1)
     n_plain = sum(len(candidates) - k for k in range(len(result.selected) + (result.stopped_by == "threshold")))
     result.extra["n_evaluations_plain"] = int(n_plain)
     result.extra["saved_fraction"] = 1.0 - result.n_evaluations / n_plain if n_plain else 0.0
+    result.extra["evaluations_per_pick"] = per_pick
     result.extra["lazy"] = True
     return result
+
