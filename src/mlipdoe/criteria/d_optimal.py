@@ -25,8 +25,8 @@ class DOptimal(InformationCriterion):
     eager update would; lazy greedy asks for few frames, and each frame's catch-ups over a
     whole run sum to at most one M-vector product per update (they telescope), done as
     matrix–matrix products. Plus O(M²) per update for C.
-    Blocks of r rows use the Woodbury form; cost O(M² r) per evaluated gain, O(N M² r)
-    per greedy pick.
+    Blocks of r rows use the Woodbury form, batched (:meth:`InformationState.block_gains`);
+    cost O(M² r) per evaluated gain, O(N M² r) per plain greedy pick.
     Monotone submodular (Krause & Golovin 2014), so lazy greedy is exact.
 
     Options: ``existing`` (:class:`~mlipdoe.criteria.base.ExistingRows`).
@@ -132,7 +132,7 @@ class DOptimal(InformationCriterion):
             candidates = np.asarray(candidates, dtype=np.int64)
             self._bring_up_to_date(candidates)
             return np.log1p(self._q[candidates])
-        return np.array([self.state.gain(self.model.factor(int(c))) for c in candidates])
+        return self.state.block_gains([self.model.factor(int(c)) for c in candidates])
 
     def _update(self, index: int, sign: int) -> float:
         delta, U, S_inv = self.state.update(self.model.factor(index), sign)
