@@ -326,7 +326,6 @@ print(json.dumps({{"peak": hwm,
 """
 
 
-@pytest.mark.slow
 def test_memory_cap_is_honoured_in_a_subprocess(tmp_path):
     """A cap that binds: the pool's per-atom descriptors alone (64,000 × 448 float64,
     229 MB) plus the interpreter exceed it, and it forces chunks below 100 frames."""
