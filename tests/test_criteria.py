@@ -304,18 +304,20 @@ def test_gains_stay_accurate_after_many_picks(name, larger_model):
     assert removed == pytest.approx(oracle.value(name, [s for s in S if s != j]) - v, rel=1e-5)
 
 
-def test_d_deferred_updates_match_from_scratch(larger_model):
+@pytest.mark.parametrize("block", [512, 3])
+def test_d_deferred_updates_match_from_scratch(larger_model, block):
     """Energy-only d defers its rank-one q updates and catches frames up on demand.
 
     Interleave adds, removes, snapshots/restores and gain queries on small random
     subsets (so frames carry different stamps; both the per-group and the whole-pool
-    catch-up run) and compare every queried gain with log(1 + w_sᵀ F̃⁻¹ w_s) from an
+    catch-up run, with update vectors in one or several blocks) and compare every queried gain with log(1 + w_sᵀ F̃⁻¹ w_s) from an
     explicit inverse of F̃.
     """
     m = larger_model
     W = m.energy_factors()
     rng = np.random.default_rng(11)
     crit = make_criterion("d").initialize(m, fixed=[0])
+    crit.catch_up_block = block  # 3: catch-ups span several blocks of update vectors
     members, snap, snap_members = [], None, None
 
     def check(cands):

@@ -65,18 +65,24 @@ class DOptimal(InformationCriterion):
         self._sign[self._k] = 1.0 if c > 0 else -1.0
         self._k += 1
 
+    #: Update vectors per product in a catch-up (bounds its temporaries to rows × 512).
+    catch_up_block = 512
+
     def _catch_up(self, rows: np.ndarray, stamps: np.ndarray, scale: np.ndarray) -> np.ndarray:
         """Σ_{j ≥ stamp_s} c_j (w_sᵀu_j)² for each row ψ_s (the amount q_s must drop)."""
-        lo = int(stamps.min())
-        Y = rows @ self._V[lo : self._k].T
-        Y *= Y
-        Y *= self._sign[lo : self._k]
-        if int(stamps.max()) == lo:
-            drop = Y.sum(axis=1)
-        else:  # row s needs the columns j ≥ stamp_s only: suffix sums
-            suffix = np.cumsum(Y[:, ::-1], axis=1)
-            missed = self._k - stamps
-            drop = np.where(missed > 0, suffix[np.arange(len(Y)), np.maximum(missed - 1, 0)], 0.0)
+        drop = np.zeros(len(rows))
+        for lo in range(int(stamps.min()), self._k, self.catch_up_block):
+            hi = min(lo + self.catch_up_block, self._k)
+            Y = rows @ self._V[lo:hi].T
+            Y *= Y
+            Y *= self._sign[lo:hi]
+            skip = np.clip(stamps - lo, 0, hi - lo)  # leading columns row s must not count
+            if not skip.any():
+                drop += Y.sum(axis=1)
+            else:  # suffix sums: row s takes the last (hi − lo − skip_s) columns
+                suffix = np.cumsum(Y[:, ::-1], axis=1)
+                take = hi - lo - skip
+                drop += np.where(take > 0, suffix[np.arange(len(Y)), np.maximum(take - 1, 0)], 0.0)
         return drop * scale * scale
 
     def _bring_up_to_date(self, candidates: np.ndarray) -> None:
@@ -114,7 +120,7 @@ class DOptimal(InformationCriterion):
         model = self.model
         q = np.empty(model.n_frames)
         for start in range(0, model.n_frames, self.chunk_size):
-            P = model.psi[start : start + self.chunk_size]
+            P = np.asarray(model.psi[start : start + self.chunk_size], dtype=float)  # float32 stores
             q[start : start + len(P)] = np.einsum("ij,ij->i", P, P)
         return q * self._scale**2
 
