@@ -171,6 +171,57 @@ def test_close_contact_across_periodic_boundary():
     assert len(pool_from_frames([atoms])) == 1
 
 
+def _random_frames(rng, count):
+    """Small frames in skewed cells (some thinner than 2 × the cutoff, some mixed or no pbc)."""
+    frames = []
+    for _ in range(count):
+        n = int(rng.integers(2, 7))
+        cell = np.diag(rng.uniform(1.5, 4.0, 3)) + np.triu(rng.uniform(-1.5, 1.5, (3, 3)), 1)
+        pbc = [True, True, True] if rng.random() < 0.8 else list(rng.random(3) < 0.5)
+        frac = rng.uniform(-0.5, 1.5, (n, 3))  # partly outside the cell (unwrapped MD)
+        frames.append(Atoms(f"Cu{n}", positions=frac @ cell, cell=cell, pbc=pbc))
+    return frames
+
+
+def test_contact_check_agrees_with_ase_neighbor_list():
+    """The batched pair check reports exactly the frames and closest pairs that ASE's
+    neighbour list finds, over random skewed cells (the fast path and the fallback)."""
+    from ase.neighborlist import neighbor_list
+
+    from mlipdoe.pool import _check_contacts
+
+    rng = np.random.default_rng(5)
+    frames = _random_frames(rng, 400)
+    r = 0.9
+    bad = []
+    for k, atoms in enumerate(frames):
+        i, j, d = neighbor_list("ijd", atoms, r)
+        if len(d):
+            bad.append((k, float(d.min())))
+    assert 20 < len(bad) < 380  # both outcomes are exercised
+    good = [a for k, a in enumerate(frames) if k not in dict(bad)]
+    _check_contacts(good, [f"frame {k}" for k in range(len(good))], r)  # no false alarms
+    for k, dmin in bad[:60]:
+        sub = good[:k] + [frames[k]]  # the bad frame last, after frames that pass
+        with pytest.raises(InputError, match=rf"frame {len(sub) - 1}: .* {dmin:.4f} Å apart"):
+            _check_contacts(sub, [f"frame {q}" for q in range(len(sub))], r)
+
+
+def test_contact_through_a_non_nearest_image_of_a_thin_skewed_cell():
+    """Width 1.2 Å < 2 × 0.9 Å: the wrapped fractional difference is 1.76 Å, but another
+    periodic image is 0.81 Å away (ASE finds it); the check must not miss it."""
+    from ase.neighborlist import neighbor_list
+
+    cell = [[1.273, -0.633, -1.044], [0.0, 1.625, -0.094], [0.0, 0.0, 2.432]]
+    frac = np.array([[0.58, 0.191, 0.976], [0.107, 0.452, 0.395]])
+    atoms = Atoms("Cu2", positions=frac @ np.array(cell), cell=cell, pbc=True)
+    i, j, d = neighbor_list("ijd", atoms, 0.9)
+    dmin = float(d[i != j].min())
+    assert dmin < 0.9
+    with pytest.raises(InputError, match=rf"atoms 0 and 1 are {dmin:.4f} Å apart"):
+        pool_from_frames([atoms], min_distance=0.9)
+
+
 def test_duplicates_warn_once_and_are_recorded(tmp_path):
     path = tmp_path / "dup.xyz"
     a, b = _cu(0.01), _cu(0.02)

@@ -322,9 +322,13 @@ def _build_pool(
     min_distance = float(min_distance)
     if not np.isfinite(min_distance) or min_distance < 0:
         raise InputError(f"min_distance must be a finite number >= 0, got {min_distance}")
+    names = [f"frame {k} ({source}:{k_file})" for k, (source, k_file) in enumerate(origins)]
+    for atoms, name in zip(frames, names):
+        _validate_frame(atoms, name)
+    if min_distance > 0:
+        _check_contacts(frames, names, min_distance)
     info = []
     for k, (atoms, (source, k_file)) in enumerate(zip(frames, origins)):
-        _validate_frame(atoms, f"frame {k} ({source}:{k_file})", min_distance)
         ct = atoms.info.get("config_type")
         info.append(
             FrameInfo(
@@ -349,8 +353,8 @@ def _build_pool(
     return Pool(frames=frames, info=info, files=files, duplicates=duplicates)
 
 
-def _validate_frame(atoms: Atoms, name: str, min_distance: float) -> None:
-    """Raise InputError if a frame is empty, non-finite or has a close contact."""
+def _validate_frame(atoms: Atoms, name: str) -> None:
+    """Raise InputError if a frame is empty, non-finite or periodic with a degenerate cell."""
     if len(atoms) == 0:
         raise InputError(f"{name} has no atoms; remove it from the pool")
     pos = atoms.get_positions()
@@ -369,20 +373,88 @@ def _validate_frame(atoms: Atoms, name: str, min_distance: float) -> None:
                 f"{name} is periodic along {''.join('xyz'[i] for i in np.flatnonzero(pbc))} "
                 "but its cell is zero or degenerate there; set a valid cell or pbc=False"
             )
-    if min_distance <= 0 or len(atoms) < 1:
-        return
-    try:
-        i, j, d = neighbor_list("ijd", atoms, min_distance)
-    except Exception as exc:
-        raise InputError(f"{name}: neighbour search failed: {_short_reason(exc)}") from exc
-    if len(d):
-        m = int(np.argmin(d))
-        a, b = int(i[m]), int(j[m])
+
+
+#: Frames with more atoms than this use ASE's O(n) neighbour list for the contact check.
+_PAIRWISE_MAX_ATOMS = 256
+
+
+def _check_contacts(frames: list[Atoms], names: list[str], min_distance: float) -> None:
+    """Raise InputError naming the first frame with two atoms closer than ``min_distance``.
+
+    Frames that are fully periodic with every cell width (distance between lattice
+    planes) above 2 × min_distance, or fully non-periodic, are checked in batches of
+    equal size with all pair distances; other frames (mixed pbc, tiny cells, many
+    atoms) with :func:`ase.neighborlist.neighbor_list`. The batched check is exact: with
+    fractional differences wrapped into [−½, ½], an image shifted by a lattice vector
+    n ≠ 0 lies at least ½ width away along some direction, so only the wrapped
+    difference can be closer than min_distance.
+    """
+    groups: dict[tuple, list[int]] = {}
+    slow = []
+    for k, atoms in enumerate(frames):
+        n, pbc = len(atoms), tuple(bool(p) for p in atoms.pbc)
+        if n < 2 and not any(pbc):
+            continue
+        if n > _PAIRWISE_MAX_ATOMS or (any(pbc) and not all(pbc)):
+            slow.append(k)
+            continue
+        if all(pbc):
+            widths = 1.0 / np.linalg.norm(np.linalg.inv(atoms.cell.array), axis=0)
+            if widths.min() <= 2 * min_distance:
+                slow.append(k)
+                continue
+        groups.setdefault((n, pbc[0]), []).append(k)
+    first = None  # (frame, message)
+    for (n, periodic), members in groups.items():
+        hit = _first_contact_batched([frames[k] for k in members], periodic, min_distance)
+        if hit is not None and (first is None or members[hit[0]] < first[0]):
+            first = (members[hit[0]], hit[1:])
+    for k in slow:
+        if first is not None and k > first[0]:
+            break
+        try:
+            i, j, d = neighbor_list("ijd", frames[k], min_distance)
+        except Exception as exc:
+            raise InputError(f"{names[k]}: neighbour search failed: {_short_reason(exc)}") from exc
+        if len(d):
+            m = int(np.argmin(d))
+            first = (k, (int(i[m]), int(j[m]), float(d[m])))
+            break
+    if first is not None:
+        k, (a, b, d) = first
         pair = f"atom {a} and its periodic image" if a == b else f"atoms {a} and {b}"
         raise InputError(
-            f"{name}: {pair} are {d[m]:.4f} Å apart, closer than min_distance={min_distance:g} Å; "
+            f"{names[k]}: {pair} are {d:.4f} Å apart, closer than min_distance={min_distance:g} Å; "
             "fix the frame or lower min_distance"
         )
+
+
+def _first_contact_batched(frames: list[Atoms], periodic: bool, min_distance: float, *,
+                           max_bytes: float = 5e7):
+    """(position in ``frames``, atom i, atom j, distance) of the first close pair, or None."""
+    n = len(frames[0])
+    I, J = np.triu_indices(n, 1)
+    per_frame = len(I) * 3 * 8 * 3
+    step = max(1, int(max_bytes // max(per_frame, 1)))
+    for start in range(0, len(frames), step):
+        part = frames[start : start + step]
+        pos = np.stack([a.positions for a in part])  # (F, n, 3)
+        if periodic:
+            cell = np.stack([a.cell.array for a in part])  # (F, 3, 3), rows = lattice vectors
+            frac = np.einsum("fni,fij->fnj", pos, np.linalg.inv(cell))
+            df = frac[:, J] - frac[:, I]
+            df -= np.round(df)
+            diff = np.einsum("fpi,fij->fpj", df, cell)
+        else:
+            diff = pos[:, J] - pos[:, I]
+        d2 = np.einsum("fpi,fpi->fp", diff, diff)
+        close = d2 < min_distance**2
+        if close.any():
+            f = int(np.flatnonzero(close.any(axis=1))[0])
+            p = int(np.argmin(d2[f]))
+            return start + f, int(I[p]), int(J[p]), float(np.sqrt(d2[f, p]))
+    return None
 
 
 def _find_duplicates(frames: list[Atoms]) -> list[tuple[int, int]]:
