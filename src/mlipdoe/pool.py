@@ -405,7 +405,7 @@ def _check_contacts(frames: list[Atoms], names: list[str], min_distance: float) 
                 slow.append(k)
                 continue
         groups.setdefault((n, pbc[0]), []).append(k)
-    first = None  # (frame, message)
+    first = None  # (frame, (atom i, atom j, distance))
     for (n, periodic), members in groups.items():
         hit = _first_contact_batched([frames[k] for k in members], periodic, min_distance)
         if hit is not None and (first is None or members[hit[0]] < first[0]):

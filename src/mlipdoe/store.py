@@ -750,8 +750,8 @@ def _check_resumable_under(plan: ChunkPlan, rs: "RowStore") -> None:
     raise ConfigurationError(
         f"store {rs.path} was started with chunks of {rs.chunk_size} frames; finishing its "
         f"{len(rs.missing_chunks())} missing chunks needs about {need / 1e9:.3g} GB, over the memory limit "
-        f"{plan.limit_bytes / 1e9:.3g} GB (which allows {plan.max_chunk_size}); raise --memory-limit to "
-        f"{need / 1e9:.3g}GB or use a new --store directory"
+        f"{plan.limit_bytes / 1e9:.3g} GB (chunks of at most {plan.max_chunk_size} frames fit); raise "
+        f"--memory-limit to {need / 1e9:.3g}GB or use a new --store directory"
     )
 
 
