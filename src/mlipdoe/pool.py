@@ -22,6 +22,7 @@ from ase import Atoms
 from ase.neighborlist import neighbor_list
 
 from .exceptions import InputError
+from .progress import NULL_PROGRESS
 
 __all__ = [
     "DuplicateFramesWarning",
@@ -178,7 +179,7 @@ class Pool:
 # --------------------------------------------------------------------- reading
 
 
-def read_frames(path: PathLike, format: str | None = None) -> list[Atoms]:
+def read_frames(path: PathLike, format: str | None = None, progress=NULL_PROGRESS) -> list[Atoms]:
     """Read every frame of ``path`` with ASE.
 
     Parameters
@@ -187,6 +188,8 @@ def read_frames(path: PathLike, format: str | None = None) -> list[Atoms]:
         Any file ASE can read.
     format : str, optional
         ASE format name; guessed from the file when None.
+    progress : Progress
+        Receives a ``read`` stage of unknown length, advanced per frame.
 
     Returns
     -------
@@ -206,13 +209,15 @@ def read_frames(path: PathLike, format: str | None = None) -> list[Atoms]:
         raise InputError(f"pool file is a directory, not a structure file: {p}")
     if os.path.getsize(p) == 0:
         return []  # ASE cannot guess the format of an empty file; it has no frames
+    frames = []
     try:
-        frames = ase.io.read(p, index=":", format=format)
+        with progress.stage("read", None) as advance:
+            for atoms in ase.io.iread(p, index=":", format=format):
+                frames.append(atoms)
+                advance(1, len(atoms))
     except Exception as exc:  # ASE raises many types; wrap them all
         raise InputError(f"cannot read pool file {p}: {_short_reason(exc)}") from exc
-    if isinstance(frames, Atoms):
-        frames = [frames]
-    return list(frames)
+    return frames
 
 
 def read_pool(
@@ -220,6 +225,7 @@ def read_pool(
     *,
     min_distance: float = 0.5,
     format: str | None = None,
+    progress=NULL_PROGRESS,
 ) -> Pool:
     """Read and validate a candidate pool from one or more files.
 
@@ -233,6 +239,8 @@ def read_pool(
         ``0`` disables the check.
     format : str, optional
         ASE format for all files; guessed per file when None.
+    progress : Progress
+        Shows reading progress (frames/s, atoms/s) per file.
 
     Returns
     -------
@@ -259,7 +267,7 @@ def read_pool(
     origins: list[tuple[str, int]] = []
     files: list[PoolFile] = []
     for p in paths:
-        file_frames = read_frames(p, format=format)
+        file_frames = read_frames(p, format=format, progress=progress)
         files.append(PoolFile(path=p, n_frames=len(file_frames), sha256=_sha256_file(p)))
         frames.extend(file_frames)
         origins.extend((p, k) for k in range(len(file_frames)))

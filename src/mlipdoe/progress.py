@@ -8,12 +8,12 @@ from contextlib import contextmanager
 class Progress:
     """No-op progress sink; subclass to display.
 
-    ``stage(name, total)`` opens a stage of ``total`` units (frames or picks) and
-    yields a callable ``advance(units, atoms=0)``.
+    ``stage(name, total)`` opens a stage of ``total`` units (frames or picks; None when
+    unknown in advance) and yields a callable ``advance(units, atoms=0)``.
     """
 
     @contextmanager
-    def stage(self, name: str, total: int):
+    def stage(self, name: str, total: int | None):
         yield lambda units=1, atoms=0: None
 
 

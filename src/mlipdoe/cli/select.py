@@ -102,11 +102,11 @@ def select(
     from ..pool import read_pool
 
     observations = tuple(_split([observe]))
-    frames = read_pool([str(p) for p in pool])
+    progress = _progress(quiet)
+    frames = read_pool([str(p) for p in pool], progress=progress)
     soap = _soap(soap_cutoff, soap_width, n_max, l_max, atom_sigma)
     kernel = Kernel(zeta=zeta, delta=delta)
     noise = Noise(energy=sigma_energy, force=sigma_force, virial=sigma_virial)
-    progress = _progress(quiet)
     model = None
     if store is not None:
         if observations != ("energy",):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from . import SOAP_OPTS, RichProgress, _soap, app, err, out
+from . import SOAP_OPTS, _progress, _soap, app, err, out
 
 store_app = typer.Typer(no_args_is_help=True, help="Resumable on-disk store of the rows of large pools.")
 app.add_typer(store_app, name="store")
@@ -43,7 +42,8 @@ def build(
     from ..pool import read_pool
     from ..store import build_model_stored
 
-    frames = read_pool([str(p) for p in pool])
+    progress = _progress(quiet)
+    frames = read_pool([str(p) for p in pool], progress=progress)
     with _blas_limit(blas_threads):
         model = build_model_stored(
             frames.frames, store=store, soap=_soap(soap_cutoff, soap_width, n_max, l_max, atom_sigma),
@@ -51,7 +51,7 @@ def build(
             chunk_size=chunk_size, memory_limit=memory_limit, scheduler=scheduler,
             sparse_sample=sparse_sample or None, dtype=dtype, config_types=frames.config_types,
             pool_sha256=[f.sha256 for f in frames.files],
-            progress=RichProgress(enabled=not quiet and sys.stderr.isatty()),
+            progress=progress,
         )
     info = model.store_info
     out.print(f"store {info['path']}: N = {model.n_frames} frames, M = {model.M}, {info['n_chunks']} chunks of "
