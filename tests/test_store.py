@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -105,6 +106,7 @@ def test_killed_process_resumes_bit_identical(frames, reference, tmp_path):
         from mlipdoe.progress import Progress
         from mlipdoe.store import build_model_stored
         from contextlib import contextmanager
+from pathlib import Path
         class Slow(Progress):
             @contextmanager
             def stage(self, name, total):
@@ -149,6 +151,21 @@ def test_stale_store_is_refused(frames, reference, change, field):
     args.update(change)
     with pytest.raises(StoreMismatchError, match=rf"built from other inputs \({field}: stored"):
         build_model_stored(frames, store=reference.store_info["path"], **args)
+
+
+def test_integral_float_inputs_reuse_the_store_and_old_formats_are_refused(frames, reference):
+    """ζ = 4.0 (what the CLI passes) and ζ = 4 (the Python default) are one store; a
+    manifest of another store format is refused with both formats named."""
+    path = reference.store_info["path"]
+    warm = build_model_stored(frames, store=path, sparse_sample=None, kernel=Kernel(zeta=4.0, delta=1), **OPTS)
+    assert warm.store_info["chunks_computed"] == 0
+    assert np.array_equal(warm.psi, reference.psi)
+    manifest = json.loads((Path(path) / "manifest.json").read_text())
+    old = Path(path).parent / "old"
+    old.mkdir()
+    (old / "manifest.json").write_text(json.dumps(dict(manifest, format=1)))
+    with pytest.raises(StoreMismatchError, match="has format 1, this mlipdoe writes format 2"):
+        build_model_stored(frames, store=old, sparse_sample=None, **OPTS)
 
 
 def test_store_of_another_pool_is_refused(frames, reference):

@@ -250,7 +250,7 @@ def select(pool, *, n: int | None = None, criterion: str = "d", optimizer: str =
     available[excluded] = False
     if not available.any():
         raise InputError("no pool frames are left to choose from after include/exclude")
-    costs = budget.costs(pool.frames)
+    costs = budget.costs(pool.frames, n_atoms=pool.n_atoms)
     budget.check_affordable(costs, available)
     if budget.kind == "count" and int(budget.value) > int(available.sum()):
         raise InputError(f"n = {int(budget.value)} exceeds the {int(available.sum())} frames available in the pool")

@@ -51,9 +51,9 @@ class Budget:
             raise InputError(f"--cost-power must be > 0, got {self.cost_power}")
         return self
 
-    def costs(self, frames: Sequence) -> np.ndarray:
+    def costs(self, frames: Sequence, n_atoms: Sequence[int] | None = None) -> np.ndarray:
         """Cost of each frame (N,) under this budget (1 per frame for ``count``)."""
-        return frame_costs(frames, self.kind, self.cost_power)
+        return frame_costs(frames, self.kind, self.cost_power, n_atoms=n_atoms)
 
     def check_affordable(self, costs: np.ndarray, available: np.ndarray) -> None:
         """Raise :class:`InputError` if not even the cheapest available frame fits."""
@@ -72,15 +72,18 @@ class Budget:
         return d
 
 
-def frame_costs(frames: Sequence, kind: str, cost_power: float = 3.0) -> np.ndarray:
+def frame_costs(frames: Sequence, kind: str, cost_power: float = 3.0,
+                n_atoms: Sequence[int] | None = None) -> np.ndarray:
     """Per-frame cost: 1 (count), n_s (atoms), ``info["cost"]`` or n_s^p (cost).
 
     ``info["cost"]`` is used only if *every* frame has a positive finite one;
     a partial set of costs raises :class:`InputError` (mixing units would be wrong).
+    ``n_atoms``: the frames' atom counts when known (``count`` and ``atoms`` then do
+    not touch the frames).
     """
-    n = np.array([len(a) for a in frames], dtype=np.float64)
     if kind == "count":
-        return np.ones(len(n))
+        return np.ones(len(frames))
+    n = np.array([len(a) for a in frames] if n_atoms is None else n_atoms, dtype=np.float64)
     if kind == "atoms":
         return n
     if kind != "cost":

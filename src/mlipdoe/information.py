@@ -464,9 +464,16 @@ class InformationModel:
         return np.einsum("ij,jk,ik->i", psi, C, psi) / np.asarray(n_atoms, dtype=float) ** 2
 
 
-def resolve_species(soap: SOAP, frames: Sequence[Atoms]) -> tuple[SOAP, list[int]]:
-    """The pool's species, and ``soap`` with them filled in (or checked against its list)."""
-    pool_species = sorted({int(z) for a in frames for z in np.unique(a.numbers)})
+def resolve_species(soap: SOAP, frames: Sequence[Atoms], *,
+                    species: Sequence[int] | None = None) -> tuple[SOAP, list[int]]:
+    """The pool's species, and ``soap`` with them filled in (or checked against its list).
+
+    ``species``: the pool's species when already known (the frames are then not read).
+    """
+    if species is not None:
+        pool_species = sorted(int(z) for z in species)
+    else:
+        pool_species = sorted({int(z) for a in frames for z in np.unique(a.numbers)})
     if soap.species is None:
         return soap.with_species(pool_species), pool_species
     extra = set(pool_species) - set(soap.species)

@@ -268,7 +268,7 @@ def read_pool(
     files: list[PoolFile] = []
     for p in paths:
         file_frames = read_frames(p, format=format, progress=progress)
-        files.append(PoolFile(path=p, n_frames=len(file_frames), sha256=_sha256_file(p)))
+        files.append(PoolFile(path=p, n_frames=len(file_frames), sha256=sha256_file(p)))
         frames.extend(file_frames)
         origins.extend((p, k) for k in range(len(file_frames)))
     if not frames:
@@ -349,6 +349,12 @@ def _build_pool(
             )
         )
     duplicates = _find_duplicates(frames)
+    warn_duplicates(duplicates, stacklevel=4)
+    return Pool(frames=frames, info=info, files=files, duplicates=duplicates)
+
+
+def warn_duplicates(duplicates: Sequence[tuple[int, int]], stacklevel: int = 3) -> None:
+    """Warn once (:class:`DuplicateFramesWarning`) if the pool has duplicate frames."""
     if duplicates:
         shown = ", ".join(f"{d}=={f}" for d, f in duplicates[:_N_PAIRS_SHOWN])
         more = " ..." if len(duplicates) > _N_PAIRS_SHOWN else ""
@@ -356,9 +362,8 @@ def _build_pool(
             f"{len(duplicates)} duplicate frame(s) in the pool (duplicate==first): {shown}{more}; "
             "they are kept and listed in Pool.duplicates",
             DuplicateFramesWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
-    return Pool(frames=frames, info=info, files=files, duplicates=duplicates)
 
 
 def _validate_frame(atoms: Atoms, name: str) -> None:
@@ -502,7 +507,8 @@ def _same_frame(a: Atoms, b: Atoms) -> bool:
     )
 
 
-def _sha256_file(path: str) -> str:
+def sha256_file(path: str) -> str:
+    """sha256 of a file's bytes (hex)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):

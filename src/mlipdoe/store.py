@@ -71,7 +71,7 @@ from .kernels import Kernel, SparsePoints, choose_sparse_points, cholesky_with_j
 from .pool import frames_sha256
 from .progress import NULL_PROGRESS, Progress
 
-STORE_FORMAT = 1
+STORE_FORMAT = 2  # 2: integral floats canonicalised in the key
 #: featomic is fastest on chunks of ~100 frames; larger chunks only cost memory.
 MAX_CHUNK_FRAMES = 100
 #: Default number of environments sampled for the sparse-point choice.
@@ -314,7 +314,12 @@ class RowStore:
                 manifest = json.loads(manifest_path.read_text())
             except (OSError, ValueError) as exc:
                 raise StoreMismatchError(f"{manifest_path} is unreadable ({exc}); delete the store directory") from None
-            if manifest.get("format") != STORE_FORMAT or manifest.get("key") != key:
+            if manifest.get("format") != STORE_FORMAT:
+                raise StoreMismatchError(
+                    f"store {path} has format {manifest.get('format')}, this mlipdoe writes format {STORE_FORMAT}; "
+                    f"delete it (or use another --store directory) and rebuild"
+                )
+            if manifest.get("key") != key:
                 diff = _describe_difference(manifest.get("inputs", {}), inputs)
                 raise StoreMismatchError(
                     f"store {path} was built from other inputs ({diff}); use another --store directory "
@@ -463,8 +468,19 @@ class RowStore:
 
 
 def store_key(inputs: dict) -> str:
-    """sha256 of the canonical JSON of ``inputs``."""
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    """sha256 of the canonical JSON of ``inputs`` (integral floats as ints: ζ = 4 and
+    ζ = 4.0, as the CLI passes it, are the same store)."""
+    return hashlib.sha256(json.dumps(_canonical(inputs), sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _canonical(obj):
+    if isinstance(obj, dict):
+        return {k: _canonical(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, float) and obj.is_integer():
+        return int(obj)
+    return obj
 
 
 def _describe_difference(old: dict, new: dict) -> str:
@@ -591,6 +607,8 @@ def build_model_stored(
     dtype: str = "float64",
     config_types: Sequence | None = None,
     pool_sha256: str | Sequence[str] | None = None,
+    n_atoms: Sequence[int] | None = None,
+    species: Sequence[int] | None = None,
     progress: Progress = NULL_PROGRESS,
 ) -> InformationModel:
     """Whitened energy rows of a large pool through a resumable on-disk store.
@@ -622,6 +640,11 @@ def build_model_stored(
     pool_sha256 : str or list of str, optional
         Content hash(es) of the pool (e.g. the pool files' sha256); computed from the
         frames' arrays when omitted.
+    n_atoms, species : sequences of int, optional
+        Atoms per frame and the pool's species, when known without reading every frame
+        (``Pool.n_atoms``, ``Pool.species``; a pool read through
+        :func:`mlipdoe.pool_index.read_pool_indexed`). With both given and a complete
+        store, only the first frame is read.
 
     Returns
     -------
@@ -643,10 +666,11 @@ def build_model_stored(
     if sparse_method not in ("cur", "fps"):
         raise ConfigurationError(f"unknown sparse-point method {sparse_method!r} (use cur or fps)")
     limit = parse_memory(memory_limit)
-    soap, pool_species = resolve_species(soap, frames)
+    soap, pool_species = resolve_species(soap, frames, species=species)
     soap.validate()
     N = len(frames)
-    n_atoms_total = int(sum(len(a) for a in frames))
+    n_atoms = np.array([len(a) for a in frames] if n_atoms is None else n_atoms, dtype=np.int64)
+    n_atoms_total = int(n_atoms.sum())
 
     t = time.perf_counter()
     if pool_sha256 is None:
@@ -717,9 +741,9 @@ def build_model_stored(
         _close_client(client, owned)
 
     t = time.perf_counter()
-    psi, n_atoms = rs.load_rows(sparse.n_points)
+    psi, stored_atoms = rs.load_rows(sparse.n_points)
     timings["store_load"] = time.perf_counter() - t
-    if not np.array_equal(n_atoms, [len(a) for a in frames]):
+    if not np.array_equal(stored_atoms, n_atoms):
         raise StoreMismatchError(f"store {store} does not match the frames' atom counts; delete it and rebuild")
     timings["build_total"] = time.perf_counter() - t_start
     model = InformationModel(

@@ -103,7 +103,13 @@ def select(
 
     observations = tuple(_split([observe]))
     progress = _progress(quiet)
-    frames = read_pool([str(p) for p in pool], progress=progress)
+    paths = [str(p) for p in pool]
+    if store is not None:  # a warm store: read the pool through its index (no parsing)
+        from ..pool_index import POOL_INDEX, index_pool, read_pool_indexed
+
+        frames = read_pool_indexed(paths, Path(store) / POOL_INDEX, progress=progress)
+    else:
+        frames = read_pool(paths, progress=progress)
     soap = _soap(soap_cutoff, soap_width, n_max, l_max, atom_sigma)
     kernel = Kernel(zeta=zeta, delta=delta)
     noise = Noise(energy=sigma_energy, force=sigma_force, virial=sigma_virial)
@@ -117,8 +123,10 @@ def select(
             frames.frames, store=store, soap=soap, kernel=kernel, noise=noise, n_sparse=n_sparse,
             sparse_method=sparse_method, seed=seed, memory_limit=memory_limit, scheduler=scheduler,
             sparse_sample=sparse_sample or None, config_types=frames.config_types,
-            pool_sha256=[f.sha256 for f in frames.files], progress=progress,
+            pool_sha256=[f.sha256 for f in frames.files], n_atoms=frames.n_atoms, species=frames.species,
+            progress=progress,
         )
+        index_pool(frames, store)
     result = run_select(
         frames, n=n, budget_atoms=budget_atoms, budget_cost=budget_cost, cost_power=cost_power,
         criterion=criterion, optimizer=optimizer, restarts=restarts, max_iter=max_iter,

@@ -39,20 +39,21 @@ def build(
 ):
     """Build (or resume) the row store of a pool; a second run with the same inputs only loads it."""
     from ..kernels import Kernel
-    from ..pool import read_pool
+    from ..pool_index import POOL_INDEX, index_pool, read_pool_indexed
     from ..store import build_model_stored
 
     progress = _progress(quiet)
-    frames = read_pool([str(p) for p in pool], progress=progress)
+    frames = read_pool_indexed([str(p) for p in pool], Path(store) / POOL_INDEX, progress=progress)
     with _blas_limit(blas_threads):
         model = build_model_stored(
             frames.frames, store=store, soap=_soap(soap_cutoff, soap_width, n_max, l_max, atom_sigma),
             kernel=Kernel(zeta=zeta, delta=delta), n_sparse=n_sparse, sparse_method=sparse_method, seed=seed,
             chunk_size=chunk_size, memory_limit=memory_limit, scheduler=scheduler,
             sparse_sample=sparse_sample or None, dtype=dtype, config_types=frames.config_types,
-            pool_sha256=[f.sha256 for f in frames.files],
+            pool_sha256=[f.sha256 for f in frames.files], n_atoms=frames.n_atoms, species=frames.species,
             progress=progress,
         )
+    index_pool(frames, store)
     info = model.store_info
     out.print(f"store {info['path']}: N = {model.n_frames} frames, M = {model.M}, {info['n_chunks']} chunks of "
               f"{info['chunk_size']} ({info['chunks_computed']} computed now), {info['dtype']}")
