@@ -106,7 +106,6 @@ def test_killed_process_resumes_bit_identical(frames, reference, tmp_path):
         from mlipdoe.progress import Progress
         from mlipdoe.store import build_model_stored
         from contextlib import contextmanager
-from pathlib import Path
         class Slow(Progress):
             @contextmanager
             def stage(self, name, total):
@@ -173,6 +172,17 @@ def test_store_of_another_pool_is_refused(frames, reference):
     other[7].positions[0, 0] += 1e-6
     with pytest.raises(StoreMismatchError, match="pool.sha256: stored"):
         build_model_stored(other, store=reference.store_info["path"], sparse_sample=None, **OPTS)
+
+
+def test_creation_killed_before_the_manifest_is_restartable(frames, reference, tmp_path):
+    """kill -9 between creating the directory and renaming the manifest into place leaves
+    an empty chunks/ and a temporary manifest: the next run starts the store afresh."""
+    path = tmp_path / "store"
+    (path / "chunks").mkdir(parents=True)
+    (path / ".manifest.json.123.456.tmp").write_text('{"half": ')
+    model = build_model_stored(frames, store=path, sparse_sample=None, **OPTS)
+    assert np.array_equal(model.psi, reference.psi)
+    assert not list(path.glob(".*.tmp"))
 
 
 def test_non_store_directory_is_refused(frames, tmp_path):

@@ -288,6 +288,18 @@ def _tmp_name(final: Path) -> Path:
     return final.with_name(f".{final.name}.{os.getpid()}.{threading.get_ident()}.tmp")
 
 
+def _only_leftovers(path: Path) -> bool:
+    """True if ``path`` holds nothing but what a creation killed before its manifest
+    was in place can leave: our temporaries and an empty ``chunks`` directory."""
+    for entry in path.iterdir():
+        if entry.is_file() and entry.name.startswith(".") and entry.name.endswith(".tmp"):
+            continue
+        if entry.name == "chunks" and entry.is_dir() and not any(entry.iterdir()):
+            continue
+        return False
+    return True
+
+
 class RowStore:
     """A directory holding the key, the sparse points and the row chunks.
 
@@ -328,7 +340,7 @@ class RowStore:
             store = cls(path, manifest)
             store._clean_temporaries()
             return store
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if path.exists() and (not path.is_dir() or not _only_leftovers(path)):
             raise InputError(f"{path} exists and is not an mlipdoe store (no manifest.json); choose an empty or new directory")
         (path / "chunks").mkdir(parents=True, exist_ok=True)
         manifest = {
@@ -340,7 +352,9 @@ class RowStore:
         tmp = _tmp_name(manifest_path)
         tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
         _fsync_replace(tmp, manifest_path)
-        return cls(path, manifest)
+        store = cls(path, manifest)
+        store._clean_temporaries()  # leftovers of a creation killed before its manifest
+        return store
 
     def _clean_temporaries(self) -> None:
         for p in list(self.path.glob(".*.tmp")) + list((self.path / "chunks").glob(".*.tmp")):
