@@ -23,8 +23,9 @@ class DOptimal(InformationCriterion):
     asked for, with one matrix product of its row against the v_j it missed. Asking for
     every frame after every pick costs one N × M matrix–vector product per pick, as an
     eager update would; lazy greedy asks for few frames, and each frame's catch-ups over a
-    whole run sum to at most one M-vector product per update (they telescope), done as
-    matrix–matrix products. Plus O(M²) per update for C.
+    whole run sum to at most two M-vector products per update (they telescope; frames are
+    grouped with at most 2× waste), done as matrix–matrix products. Plus O(M²) per update
+    for C.
     Blocks of r rows use the Woodbury form, batched (:meth:`InformationState.block_gains`);
     cost O(M² r) per evaluated gain, O(N M² r) per plain greedy pick.
     Monotone submodular (Krause & Golovin 2014), so lazy greedy is exact.
