@@ -243,6 +243,52 @@ def test_chunk_rows_are_bit_identical_for_unaligned_inputs(frames, reference):
     assert np.array_equal(got, expected)
 
 
+def test_cli_store_build_on_an_external_dask_cluster(tmp_path):
+    """`mlipdoe store build --scheduler tcp://…` against a scheduler and two workers
+    started as separate programs (as on a real cluster) gives the serial rows."""
+    pytest.importorskip("dask.distributed")
+    import ase.io
+
+    from conftest import run_cli
+
+    pool = tmp_path / "pool.xyz"
+    ase.io.write(pool, zr_example(30, seed=4), format="extxyz")
+    opts = ["--n-sparse", "12", "--n-max", "4", "--l-max", "3", "--chunk-size", "6", "--sparse-sample", "0", "-q"]
+    sched_file = tmp_path / "scheduler.json"
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                               "--port", "0", "--no-dashboard", "--scheduler-file", str(sched_file)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        address, deadline = None, time.time() + 60
+        while address is None and time.time() < deadline:
+            try:
+                address = json.loads(sched_file.read_text())["address"]
+            except (OSError, ValueError, KeyError):  # not written yet, or half written
+                time.sleep(0.1)
+        assert address, "the Dask scheduler did not start"
+        procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file",
+                                       str(sched_file), "--nworkers", "2", "--nthreads", "1", "--no-dashboard"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from dask.distributed import Client
+
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(2, timeout=60)
+        remote = run_cli("store", "build", pool, "--store", tmp_path / "remote", "--scheduler", address, *opts)
+        assert remote.returncode == 0, remote.stderr
+        with Client(address, timeout=60) as client:  # the row tasks ran on this cluster
+            assert "mlipdoe-rows" in client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes))
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+            p.wait(timeout=30)
+    serial = run_cli("store", "build", pool, "--store", tmp_path / "serial", *opts)
+    assert serial.returncode == 0, serial.stderr
+    M = 12
+    psi_remote, _ = open_store(tmp_path / "remote").load_rows(M)
+    psi_serial, _ = open_store(tmp_path / "serial").load_rows(M)
+    assert np.array_equal(psi_remote, psi_serial)
+
+
 def test_unknown_scheduler_is_refused(frames, tmp_path):
     with pytest.raises(ConfigurationError, match="scheduler must be serial, local or an address"):
         build_model_stored(frames, store=tmp_path / "s", scheduler="yarn", **OPTS)
