@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from . import SOAP_OPTS, _progress, _soap, app, err, out
+from . import SOAP_OPTS, _progress, _soap, app, out
 
 store_app = typer.Typer(no_args_is_help=True, help="Resumable on-disk store of the rows of large pools.")
 app.add_typer(store_app, name="store")
