@@ -177,11 +177,14 @@ def run(args):
         n_atoms = sum(len(a) for a in frames)
         stages.add("generate pool", time.perf_counter() - t, f"{args.n_frames} frames, {n_atoms} atoms")
 
+        def build():
+            return build_model_stored(frames, store=store, soap=soap, kernel=kernel, n_sparse=args.n_sparse,
+                                      memory_limit=args.memory_limit, scheduler=args.scheduler,
+                                      sparse_sample=args.sparse_sample, dtype=args.dtype)
+
         stages.mark()
         t = time.perf_counter()
-        model = build_model_stored(frames, store=store, soap=soap, kernel=kernel, n_sparse=args.n_sparse,
-                                   memory_limit=args.memory_limit, scheduler=args.scheduler,
-                                   sparse_sample=args.sparse_sample, dtype=args.dtype)
+        model = build()
         cold = time.perf_counter() - t
         tm = model.timings
         info = model.store_info
@@ -226,9 +229,7 @@ def run(args):
 
         stages.mark()
         t = time.perf_counter()
-        warm = build_model_stored(frames, store=store, soap=soap, kernel=kernel, n_sparse=args.n_sparse,
-                                  memory_limit=args.memory_limit, scheduler=args.scheduler,
-                                  sparse_sample=args.sparse_sample, dtype=args.dtype)
+        warm = build()
         warm_build = time.perf_counter() - t
         stages.add("store load (warm)", warm_build, f"{warm.store_info['chunks_computed']} chunks computed")
         stages.mark()

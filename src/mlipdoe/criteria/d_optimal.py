@@ -45,7 +45,7 @@ class DOptimal(InformationCriterion):
         self._q = None
         if self._rank_one:  # C = I before any frame enters: q_s = |w_s|²
             empty = not self.fixed and self.existing is None
-            self._q = self._squared_norms() if empty else self._quadratic_forms()
+            self._q = self._quadratic_forms(identity=empty)
         return self
 
     # -- deferred rank-one updates ------------------------------------------------
@@ -117,21 +117,13 @@ class DOptimal(InformationCriterion):
                 self._q[sl] -= self._catch_up(psi[sl], stamps, self._scale[sl])
         self._clear_pending()
 
-    def _squared_norms(self) -> np.ndarray:
-        model = self.model
-        q = np.empty(model.n_frames)
-        for start in range(0, model.n_frames, self.chunk_size):
-            P = np.asarray(model.psi[start : start + self.chunk_size], dtype=float)  # float32 stores
-            q[start : start + len(P)] = np.einsum("ij,ij->i", P, P)
-        return q * self._scale**2
-
-    def _quadratic_forms(self) -> np.ndarray:
-        """q_s = w_sᵀ C w_s for every pool frame, in chunks of rows."""
+    def _quadratic_forms(self, identity: bool = False) -> np.ndarray:
+        """q_s = w_sᵀ C w_s for every pool frame, in chunks of rows (C = I: |w_s|², no GEMM)."""
         model, C = self.model, self.state.C
         q = np.empty(model.n_frames)
         for start in range(0, model.n_frames, self.chunk_size):
             W = model.energy_factors(slice(start, start + self.chunk_size))
-            q[start : start + len(W)] = np.einsum("ij,ij->i", W @ C, W)
+            q[start : start + len(W)] = np.einsum("ij,ij->i", W if identity else W @ C, W)
         return q
 
     def gains(self, candidates: np.ndarray) -> np.ndarray:
