@@ -20,7 +20,7 @@ import numpy as np
 from mlipdoe.criteria import DOptimal
 from mlipdoe.descriptors import SOAP, make_descriptor
 from mlipdoe.generate import zr_example
-from mlipdoe.information import DescriptorSource, build_model
+from mlipdoe.model import DescriptorSource, build_model
 from mlipdoe.optimizers import greedy
 
 

@@ -34,9 +34,10 @@ import numpy as np
 from mlipdoe.criteria import make_criterion
 from mlipdoe.descriptors import SOAP
 from mlipdoe.generate import generate_strained
-from mlipdoe.information import Noise, build_model
+from mlipdoe.hypers import Noise
+from mlipdoe.model import build_model
+from mlipdoe.model.rows import compress_rows, posterior_mean
 from mlipdoe.optimizers import greedy
-from mlipdoe.rows import compress_rows, posterior_mean
 
 EAM_PATH = Path(__file__).resolve().parents[2] / "shared" / "data" / "eam" / "Zr_mm.eam.fs"
 SMALL = (2, 2, 2)  # 16 atoms

@@ -22,7 +22,7 @@ from mlipdoe import optimizers
 from mlipdoe.criteria import make_criterion
 from mlipdoe.descriptors import SOAP
 from mlipdoe.generate import generate_strained
-from mlipdoe.information import build_model
+from mlipdoe.model import build_model
 
 #: hcp supercells and their atom counts (2 atoms per cell)
 SUPERCELLS = [(2, 2, 4), (3, 3, 2), (3, 3, 3), (4, 4, 2), (3, 3, 4), (4, 4, 3), (3, 3, 6)]  # 32..108 atoms

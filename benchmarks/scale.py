@@ -37,7 +37,7 @@ import numpy as np
 from mlipdoe.criteria import DOptimal
 from mlipdoe.descriptors import SOAP, make_descriptor
 from mlipdoe.generate import ZR_HCP_A, ZR_HCP_C, generate_strained
-from mlipdoe.kernels import Kernel
+from mlipdoe.model.kernels import Kernel
 from mlipdoe.optimizers import greedy, lazy_greedy
 from mlipdoe.store import build_model_stored, current_rss, open_store, peak_rss
 

@@ -21,7 +21,7 @@ import numpy as np
 from mlipdoe.criteria import make_criterion, mean_pooled_descriptors
 from mlipdoe.descriptors import SOAP
 from mlipdoe.generate import zr_example
-from mlipdoe.information import build_model
+from mlipdoe.model import build_model
 from mlipdoe.optimizers import exchange, greedy, lazy_greedy
 
 

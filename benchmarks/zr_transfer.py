@@ -59,13 +59,18 @@ def main(argv=None) -> int:
         print(f"skipped: {EAM_FILE} not found (the EAM labeller lives in ../shared/data)")
         return 0
     from ase.calculators.eam import EAM
-
-    from mlipdoe.bench import BenchmarkConfig, run_benchmark, summary_markdown, update_markdown_section, write_outputs
-    from mlipdoe.descriptors import SOAP
-    from mlipdoe.generate import ZR_HCP_A, ZR_HCP_C, generate_strained
     from zuo import DOCS_HEADER
 
-    from mlipdoe.information import Noise
+    from mlipdoe.bench import (
+        BenchmarkConfig,
+        run_benchmark,
+        summary_markdown,
+        update_markdown_section,
+        write_outputs,
+    )
+    from mlipdoe.descriptors import SOAP
+    from mlipdoe.generate import ZR_HCP_A, ZR_HCP_C, generate_strained
+    from mlipdoe.hypers import Noise
 
     command = "python benchmarks/zr_transfer.py " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))

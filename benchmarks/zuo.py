@@ -46,10 +46,16 @@ def main(argv=None) -> int:
         return 0
     import ase.io
 
-    from mlipdoe.bench import BenchmarkConfig, run_benchmark, summary_markdown, update_markdown_section, write_outputs
+    from mlipdoe.bench import (
+        BenchmarkConfig,
+        run_benchmark,
+        summary_markdown,
+        update_markdown_section,
+        write_outputs,
+    )
     from mlipdoe.descriptors import SOAP
-    from mlipdoe.information import Noise
-    from mlipdoe.kernels import Kernel
+    from mlipdoe.hypers import Noise
+    from mlipdoe.model.kernels import Kernel
 
     command = "python benchmarks/zuo.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     for element in [e.strip() for e in args.elements.split(",") if e.strip()]:

@@ -6,12 +6,11 @@ import json
 
 import numpy as np
 import pytest
+from conftest import SMALL_SOAP, run_cli
 
 import mlipdoe
 from mlipdoe.api import score, select
 from mlipdoe.exceptions import InputError
-
-from conftest import SMALL_SOAP, run_cli
 
 # ----------------------------------------------------------------------------------------
 # toolbox (issue 3): select with criteria/optimizers/augmentation, score, CLI
@@ -207,10 +206,10 @@ def test_toolbox_verify_any_criterion_with_existing(tmp_path):
 def test_i_with_force_target_observable_equals_mean_force_variance(zr_pool):
     """--target-observable forces: the i value is −mean force-component variance of the target,
     checked against rows recomputed from scratch (ψ_F of every target frame)."""
+    from conftest import SMALL_SOAP
+
     import mlipdoe
     from mlipdoe.exceptions import ConfigurationError
-
-    from conftest import SMALL_SOAP
 
     pool, target = zr_pool[:30], zr_pool[40:46]
     result = mlipdoe.select(pool, n=4, criterion="i", target=target, target_observable="forces", soap=SMALL_SOAP,

@@ -16,13 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ase.calculators.singlepoint import SinglePointCalculator
+from conftest import SMALL_SOAP
 
 from mlipdoe import assess as A
 from mlipdoe.api import select
 from mlipdoe.exceptions import InputError
 from mlipdoe.generate import generate_strained
-
-from conftest import SMALL_SOAP
 
 MAX_STD = 5.0  # meV/atom, fixed in advance (see the module docstring)
 SCHEMA = Path(__file__).resolve().parents[1] / "docs" / "report-schema.json"

@@ -4,21 +4,29 @@ from __future__ import annotations
 
 import csv
 import io
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-from conftest import EAM_FILE, eam_labelled
 from ase.calculators.calculator import Calculator
+from conftest import EAM_FILE, eam_labelled
 
-from mlipdoe.bench import (BenchmarkConfig, FrozenDesign, LabelAccessError, LabelVault, run_benchmark,
-                           select_design, strip_labels, update_markdown_section, write_outputs)
+from mlipdoe.bench import (
+    BenchmarkConfig,
+    FrozenDesign,
+    LabelAccessError,
+    LabelVault,
+    run_benchmark,
+    select_design,
+    strip_labels,
+    update_markdown_section,
+    write_outputs,
+)
 from mlipdoe.descriptors import SOAP
 from mlipdoe.fit import evaluate, fit_gpr, read_labels
 from mlipdoe.generate import zr_example
-from mlipdoe.information import Noise, build_model
-from mlipdoe.kernels import Kernel
+from mlipdoe.hypers import Noise
+from mlipdoe.model import build_model
+from mlipdoe.model.kernels import Kernel
 
 SMALL = SOAP(n_max=4, l_max=3)
 needs_eam = pytest.mark.skipif(not EAM_FILE.exists(), reason="../shared/data/eam not present")

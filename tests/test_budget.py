@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import SMALL_SOAP
 
 import mlipdoe
 from mlipdoe.api import select
 from mlipdoe.budget import Budget, frame_costs
 from mlipdoe.exceptions import InputError
-
-from conftest import SMALL_SOAP
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from ase import Atoms
-
 from conftest import run_cli
+
 from mlipdoe.generate import write_frames, zr_example
 
 SMALL = ("--n-max", "4", "--l-max", "3", "--soap-cutoff", "4.5", "--n-sparse", "15", "-q")

@@ -8,8 +8,8 @@ import ase.io
 import numpy as np
 import pytest
 from ase.calculators.singlepoint import SinglePointCalculator
-
 from conftest import SMALL_SOAP, run_cli
+
 from mlipdoe.api import select
 from mlipdoe.design import write_record
 from mlipdoe.generate import generate_strained, write_frames

@@ -9,13 +9,12 @@ import dataclasses
 import numpy as np
 import pytest
 import scipy.linalg
+from conftest import SMALL_SOAP
 
 import mlipdoe
 from mlipdoe.criteria import CRITERIA, existing_rows, make_criterion, target_rows
 from mlipdoe.descriptors import make_descriptor
 from mlipdoe.exceptions import ConfigurationError, InputError
-
-from conftest import SMALL_SOAP
 
 NAMES = ["d", "a", "i", "g", "e", "maximin", "fps", "cur"]
 

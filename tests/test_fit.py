@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import ase.io
 import numpy as np
 import pytest
-
 from conftest import EAM_FILE, eam_labelled
 
 from mlipdoe.descriptors import SOAP
 from mlipdoe.exceptions import InputError
-from mlipdoe.fit import GPRModel, Labels, evaluate, fit_from_rows, fit_gpr, frame_rows, load_model, read_labels
+from mlipdoe.fit import (
+    GPRModel,
+    Labels,
+    evaluate,
+    fit_from_rows,
+    fit_gpr,
+    frame_rows,
+    load_model,
+    read_labels,
+)
 from mlipdoe.generate import zr_example
-from mlipdoe.information import Noise, build_model
+from mlipdoe.hypers import Noise
+from mlipdoe.model import build_model
 
 SMALL = SOAP(n_max=4, l_max=3)
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import SMALL_SOAP
 
 from mlipdoe.criteria import make_criterion
 from mlipdoe.exceptions import ConfigurationError
-from mlipdoe.information import InformationState, build_model
-from mlipdoe.rows import mean_force_moment
-
-from conftest import SMALL_SOAP
+from mlipdoe.model import build_model
+from mlipdoe.model.rows import mean_force_moment
+from mlipdoe.state import InformationState
 
 OBS_EFV = ("energy", "forces", "virials")
 

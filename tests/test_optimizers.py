@@ -13,13 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import SMALL_SOAP
+from test_criteria import pooled_vectors
 
 import mlipdoe
 from mlipdoe.criteria import make_criterion
 from mlipdoe.optimizers import exchange, greedy, lazy_greedy
-
-from conftest import SMALL_SOAP
-from test_criteria import pooled_vectors
 
 N_POOLS = 24
 

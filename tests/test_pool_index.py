@@ -7,12 +7,16 @@ import json
 import ase.io
 import numpy as np
 import pytest
+from conftest import EAM_FILE, SMALL_SOAP, eam_labelled, run_cli
 
 from mlipdoe.generate import zr_example
 from mlipdoe.pool import read_pool
-from mlipdoe.pool_index import POOL_INDEX, LazyFrames, read_pool_indexed, write_pool_index
-
-from conftest import SMALL_SOAP, eam_labelled, run_cli, EAM_FILE
+from mlipdoe.pool_index import (
+    POOL_INDEX,
+    LazyFrames,
+    read_pool_indexed,
+    write_pool_index,
+)
 
 
 def _same_atoms(a, b):

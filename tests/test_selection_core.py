@@ -11,13 +11,12 @@ import json
 import numpy as np
 import pytest
 import scipy.linalg
+from conftest import SMALL_SOAP
 
 import mlipdoe
 from mlipdoe.descriptors import make_descriptor
 from mlipdoe.exceptions import InputError
-from mlipdoe.information import DescriptorSource, energy_rows
-
-from conftest import SMALL_SOAP
+from mlipdoe.model import DescriptorSource, energy_rows
 
 
 def _model(frames, n_sparse=25, **kw):

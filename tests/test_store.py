@@ -19,8 +19,9 @@ from mlipdoe.criteria import DOptimal
 from mlipdoe.descriptors import SOAP
 from mlipdoe.exceptions import ConfigurationError, InputError, StoreMismatchError
 from mlipdoe.generate import zr_example
-from mlipdoe.information import Noise, build_model
-from mlipdoe.kernels import Kernel
+from mlipdoe.hypers import Noise
+from mlipdoe.model import build_model
+from mlipdoe.model.kernels import Kernel
 from mlipdoe.optimizers import greedy
 from mlipdoe.progress import Progress
 from mlipdoe.store import (
@@ -248,7 +249,6 @@ def test_cli_store_build_on_an_external_dask_cluster(tmp_path):
     started as separate programs (as on a real cluster) gives the serial rows."""
     pytest.importorskip("dask.distributed")
     import ase.io
-
     from conftest import run_cli
 
     pool = tmp_path / "pool.xyz"

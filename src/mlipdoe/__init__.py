@@ -20,10 +20,11 @@ from .api import (
 from .descriptors import SOAP
 from .design import DesignRecord, read_record, write_record
 from .exceptions import InputError, MlipdoeError
-from .information import InformationModel, Noise
-from .kernels import Kernel
+from .hypers import Noise
+from .model import InformationModel
+from .model.kernels import Kernel
+from .model.rows import ObservationRows, posterior_mean
 from .pool import Pool, read_pool
-from .rows import ObservationRows, posterior_mean
 
 __version__ = "0.1.0"
 

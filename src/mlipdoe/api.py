@@ -11,15 +11,22 @@ import numpy as np
 from ase import Atoms
 
 from .budget import Budget, uses_info_costs
-from .criteria import CRITERIA, existing_rows, make_criterion, mean_pooled_descriptors, target_rows
+from .criteria import (
+    CRITERIA,
+    existing_rows,
+    make_criterion,
+    mean_pooled_descriptors,
+    target_rows,
+)
 from .descriptors import SOAP
 from .design import DesignRecord, read_record
 from .exceptions import ConfigurationError, InputError
-from .information import InformationModel, Noise, build_model
-from .kernels import Kernel
+from .hypers import Noise
+from .model import InformationModel, build_model
+from .model.kernels import Kernel
+from .model.rows import mean_force_moment
 from .optimizers import cost_greedy, exchange, greedy, lazy_greedy
 from .pool import Pool, pool_from_frames, read_pool
-from .rows import mean_force_moment
 from .progress import NULL_PROGRESS, Progress
 
 
@@ -40,7 +47,7 @@ def build_information_model(pool, *, soap: SOAP = SOAP(), kernel: Kernel = Kerne
                             observations: Sequence[str] = ("energy",), n_sparse=100, sparse_method: str = "cur",
                             seed: int = 0, chunk_size: int = 100, progress: Progress = NULL_PROGRESS,
                             sparse_locations=None) -> InformationModel:
-    """:func:`mlipdoe.information.build_model` on a pool (see there)."""
+    """:func:`mlipdoe.model.gap_featomic.build_model` on a pool (see there)."""
     pool = as_pool(pool)
     return build_model(
         pool.frames, soap=soap, kernel=kernel, noise=noise, observations=observations, n_sparse=n_sparse,

@@ -50,8 +50,9 @@ from ase import Atoms
 from .descriptors import SOAP, iter_descriptors, make_descriptor
 from .design import json_ready
 from .exceptions import InputError
-from .information import InformationModel, Noise
-from .kernels import Kernel
+from .hypers import Noise
+from .model import InformationModel
+from .model.kernels import Kernel
 from .progress import NULL_PROGRESS, Progress
 
 REPORT_FORMAT = "mlipdoe.assess/1"

@@ -38,8 +38,8 @@ from ase import Atoms
 from .descriptors import SOAP, make_descriptor
 from .design import atomic_write_text
 from .exceptions import ConfigurationError, InputError, NumericalError
-from .information import Noise
-from .kernels import Kernel, SparsePoints, cholesky_with_jitter
+from .hypers import Noise
+from .model.kernels import Kernel, SparsePoints, cholesky_with_jitter
 
 MODEL_FORMAT = "mlipdoe.gpr/1"
 
@@ -673,7 +673,7 @@ def compare_engines(train: Sequence[Atoms], test: Sequence[Atoms], *, soap: SOAP
     -------
     dict with test energy RMSEs (eV/atom) and rms prediction differences (eV/atom, eV/Å).
     """
-    from .information import build_model
+    from .model import build_model
 
     train_labels = read_labels(train, energy_key=energy_key, forces_key=forces_key)
     test_labels = read_labels(test, energy_key=energy_key, forces_key=forces_key)

@@ -1,6 +1,6 @@
 """Resumable on-disk store of whitened energy rows, bounded memory and Dask (issue 7).
 
-:func:`build_model_stored` is :func:`mlipdoe.information.build_model` for pools of
+:func:`build_model_stored` is :func:`mlipdoe.model.gap_featomic.build_model` for pools of
 10^5–10^6 frames. It streams the pool in chunks of frames and keeps on disk, under
 one directory,
 
@@ -36,7 +36,7 @@ stage holds, per chunk in flight, the chunk's per-atom descriptors and its
 (n_atoms_chunk × M) kernel block; the chunk size is chosen so that the resident set
 plus the chunks in flight stay under the limit (:func:`plan_chunk_size`).
 
-Sparse points at scale (``sparse_sample``): exact CUR (:func:`~mlipdoe.kernels.cur_sparse_points`)
+Sparse points at scale (``sparse_sample``): exact CUR (:func:`~mlipdoe.model.kernels.cur_sparse_points`)
 streams all pool environments twice (Gram pass + leverage/reservoir pass), i.e. two
 extra descriptor passes over the whole pool when its descriptors do not fit in
 memory. With ``sparse_sample = S`` environments, CUR/FPS runs on a deterministic,
@@ -66,8 +66,14 @@ from ase import Atoms
 
 from .descriptors import SOAP, make_descriptor
 from .exceptions import ConfigurationError, InputError, StoreMismatchError
-from .information import DescriptorSource, InformationModel, Noise, resolve_species
-from .kernels import Kernel, SparsePoints, choose_sparse_points, cholesky_with_jitter
+from .hypers import Noise
+from .model import DescriptorSource, InformationModel, resolve_species
+from .model.kernels import (
+    Kernel,
+    SparsePoints,
+    cholesky_with_jitter,
+    choose_sparse_points,
+)
 from .pool import frames_sha256
 from .progress import NULL_PROGRESS, Progress
 
@@ -218,7 +224,7 @@ def chunk_rows(frames: Sequence[Atoms], soap: SOAP, sparse: SparsePoints, kernel
     """Whitened energy rows and mean-pooled descriptors of one chunk of frames.
 
     Per species z: K = δ²(X Zᵀ)^ζ (n_env × M_z), then per-frame sums of K's rows (Φ)
-    and of X's rows (pooled) — the maths of :func:`mlipdoe.information.energy_rows`,
+    and of X's rows (pooled) — the maths of :func:`mlipdoe.model.gap_featomic.energy_rows`,
     with segment sums that are ~20× faster than ``np.add.reduceat`` on these shapes.
 
     Returns
@@ -627,7 +633,7 @@ def build_model_stored(
 ) -> InformationModel:
     """Whitened energy rows of a large pool through a resumable on-disk store.
 
-    Same model as :func:`mlipdoe.information.build_model` (energy observations), built
+    Same model as :func:`mlipdoe.model.gap_featomic.build_model` (energy observations), built
     chunk by chunk: sparse points → K_MM = L Lᵀ → for each chunk of frames,
     descriptors → Φ_chunk = Σ_atoms k(x, Z) → Ψ_chunk = Φ_chunk L⁻ᵀ, written to
     ``store`` as it completes. A complete store is only loaded.

@@ -1,8 +1,16 @@
 """Label-backed validation: learning-curve benchmarks with labels hidden from the selectors."""
 
 from .learning_curve import (
-    DEFAULT_STRATEGIES, BenchmarkConfig, BenchmarkResult, plot_learning_curves, results_csv, run_benchmark,
-    select_design, summary_markdown, update_markdown_section, write_outputs,
+    DEFAULT_STRATEGIES,
+    BenchmarkConfig,
+    BenchmarkResult,
+    plot_learning_curves,
+    results_csv,
+    run_benchmark,
+    select_design,
+    summary_markdown,
+    update_markdown_section,
+    write_outputs,
 )
 from .vault import FrozenDesign, LabelAccessError, LabelVault, strip_labels
 

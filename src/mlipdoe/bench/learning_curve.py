@@ -25,8 +25,9 @@ from ..descriptors import SOAP
 from ..design import atomic_write_text
 from ..exceptions import ConfigurationError, InputError
 from ..fit import Labels, fit_from_rows, frame_rows, read_labels
-from ..information import Noise, build_model
-from ..kernels import Kernel
+from ..hypers import Noise
+from ..model import build_model
+from ..model.kernels import Kernel
 from ..optimizers import greedy
 from .vault import LabelVault
 

@@ -14,7 +14,8 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichBar, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichBar
 from rich.table import Table
 
 from ..exceptions import MlipdoeError
@@ -134,7 +135,7 @@ def main() -> None:
 
 
 
-from . import select as _select  # noqa: E402,F401  (registers commands)
-from . import fit as _fit  # noqa: E402,F401  (registers fit/evaluate/benchmark)
 from . import assess as _assess  # noqa: E402,F401  (registers assess, grade)
+from . import fit as _fit  # noqa: E402,F401  (registers fit/evaluate/benchmark)
+from . import select as _select  # noqa: E402,F401  (registers commands)
 from . import store as _store  # noqa: E402,F401  (registers store build)

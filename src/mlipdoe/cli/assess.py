@@ -129,8 +129,8 @@ def assess(
     Exit code 0 ADEQUATE (or no --target), 1 NOT ADEQUATE, 2 bad input.
     """
     from .. import assess as A
-    from ..information import Noise
-    from ..kernels import Kernel
+    from ..hypers import Noise
+    from ..model.kernels import Kernel
     from ..pool import read_pool
 
     if train is None and record is None:

@@ -48,8 +48,9 @@ def fit(
     from ..descriptors import SOAP, make_descriptor
     from ..design import read_record
     from ..fit import fit_gap_fit, fit_gpr, read_labels
-    from ..information import Noise, build_model, sparse_points_at
-    from ..kernels import Kernel
+    from ..hypers import Noise
+    from ..model import build_model, sparse_points_at
+    from ..model.kernels import Kernel
 
     if engine not in ("builtin", "gap_fit"):
         raise InputError(f"--engine must be builtin or gap_fit, got {engine!r}")
@@ -99,7 +100,8 @@ def evaluate(
 ):
     """Energy RMSE/MAE per atom and force RMSE/MAE per component, per config_type."""
     from ..design import atomic_write_text
-    from ..fit import evaluate as run_evaluate, load_model, parity_plot, read_labels
+    from ..fit import evaluate as run_evaluate
+    from ..fit import load_model, parity_plot, read_labels
 
     frames = _read_frames(test)
     labels = read_labels(frames, energy_key=energy_key, forces_key=forces_key)
@@ -147,8 +149,14 @@ def benchmark(
     atom_sigma: float = SOAP_OPTS["atom_sigma"],
 ):
     """Learning curves: select (labels hidden) → fit → evaluate, per strategy and budget."""
-    from ..bench import BenchmarkConfig, run_benchmark, summary_markdown, update_markdown_section, write_outputs
-    from ..information import Noise
+    from ..bench import (
+        BenchmarkConfig,
+        run_benchmark,
+        summary_markdown,
+        update_markdown_section,
+        write_outputs,
+    )
+    from ..hypers import Noise
 
     try:
         budget_list = [int(b) for b in budgets.split(",") if b.strip()]

@@ -10,6 +10,7 @@ import typer
 from ..exceptions import MlipdoeError
 from . import SOAP_OPTS, _print_picks, _progress, _soap, _write_outputs, app, out
 
+
 @app.command()
 def generate(
     output: Path = typer.Option(..., "-o", "--output", help="extxyz file to write."),
@@ -97,8 +98,8 @@ def select(
 ):
     """Select the frames to compute with DFT and write them with a design record."""
     from ..api import select as run_select
-    from ..information import Noise
-    from ..kernels import Kernel
+    from ..hypers import Noise
+    from ..model.kernels import Kernel
     from ..pool import read_pool
 
     observations = tuple(_split([observe]))

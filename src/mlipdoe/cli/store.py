@@ -38,7 +38,7 @@ def build(
     atom_sigma: float = SOAP_OPTS["atom_sigma"],
 ):
     """Build (or resume) the row store of a pool; a second run with the same inputs only loads it."""
-    from ..kernels import Kernel
+    from ..model.kernels import Kernel
     from ..pool_index import POOL_INDEX, index_pool, read_pool_indexed
     from ..store import build_model_stored
 

@@ -7,7 +7,14 @@ incremental updates and costs.
 from __future__ import annotations
 
 from ..exceptions import ConfigurationError
-from .base import Criterion, ExistingRows, InformationCriterion, TargetRows, existing_rows, target_rows
+from .base import (
+    Criterion,
+    ExistingRows,
+    InformationCriterion,
+    TargetRows,
+    existing_rows,
+    target_rows,
+)
 from .baselines import CURSelection, FarthestPointSampling, mean_pooled_descriptors
 from .d_optimal import DOptimal
 from .e_optimal import EOptimal

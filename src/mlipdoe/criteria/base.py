@@ -208,7 +208,7 @@ class InformationCriterion(Criterion):
         self.existing = existing
 
     def _init_state(self, model, fixed: Sequence[int], seed: int) -> None:
-        from ..information import InformationState
+        from ..state import InformationState
 
         self.model = model
         self.seed = int(seed)

@@ -15,7 +15,7 @@ class TraceCriterion(InformationCriterion):
     Gain of adding a block W (r × M): with U = C Wᵀ and S = I_r + W U,
     C' = C − U S⁻¹ Uᵀ (Woodbury), so Δ = tr(S⁻¹ Uᵀ B U); removing uses S = I − W U
     and the opposite sign. The value is tracked by these exact increments; C by
-    :class:`~mlipdoe.information.InformationState` (O(M² r) per add/remove).
+    :class:`~mlipdoe.model.gap_featomic.InformationState` (O(M² r) per add/remove).
 
     Energy-only gains of all candidates at once: P = W_c C (k × M),
     gain_c = (p_c B p_cᵀ) / (1 + p_c·w_c) — two k × M × M products. Cost per greedy

@@ -13,7 +13,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 import scipy.linalg
 
-from .exceptions import ConfigurationError, InputError, NumericalError
+from ..exceptions import ConfigurationError, InputError, NumericalError
 
 #: Two sparse points whose normalised kernel exceeds 1 - DUPLICATE_TOL are duplicates.
 DUPLICATE_TOL = 1e-10

@@ -16,17 +16,18 @@ and docs/forces.md); the state and the criteria work on any block of rows.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
-from typing import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 import scipy.linalg
 from ase import Atoms
 
-from .descriptors import SOAP, iter_descriptors, make_descriptor
-from .exceptions import ConfigurationError, InputError
-from .kernels import Kernel, SparsePoints, choose_sparse_points, cholesky_with_jitter
-from .progress import NULL_PROGRESS, Progress
+from ..descriptors import SOAP, iter_descriptors, make_descriptor
+from ..exceptions import ConfigurationError, InputError
+from ..hypers import Noise
+from ..progress import NULL_PROGRESS, Progress
+from .kernels import Kernel, SparsePoints, cholesky_with_jitter, choose_sparse_points
 from .rows import (
     DEFAULT_GRADIENT_CHUNK_ATOMS,
     ObservationRows,
@@ -35,62 +36,6 @@ from .rows import (
 )
 
 OBSERVABLES = ("energy", "forces", "virials")
-
-
-@dataclass(frozen=True)
-class Noise:
-    """Observation noise, gap_fit ``default_sigma={σ_E σ_F σ_V 0}``, ``sigma_per_atom=T``.
-
-    The energy row of a frame with n atoms has variance σ_E² n, each force row σ_F²,
-    each virial row σ_V² n (spec section 1). ``per_config_type`` maps a config_type to
-    its own ``{"energy":…, "force":…, "virial":…}`` overrides.
-    """
-
-    energy: float = 0.001
-    force: float = 0.1
-    virial: float = 0.05
-    per_atom: bool = True
-    per_config_type: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
-
-    def validate(self) -> "Noise":
-        for name in ("energy", "force", "virial"):
-            if not getattr(self, name) > 0:
-                raise ConfigurationError(f"noise sigma for {name} must be > 0")
-        for ct, table in self.per_config_type.items():
-            for name, value in table.items():
-                if name not in ("energy", "force", "virial") or not float(value) > 0:
-                    raise ConfigurationError(f"bad sigma {name}={value} for config_type {ct!r}")
-        return self
-
-    def sigma(self, name: str, config_type: str | None = None) -> float:
-        table = self.per_config_type.get(config_type, {}) if config_type is not None else {}
-        return float(table.get(name, getattr(self, name)))
-
-    def energy_variance(self, n_atoms: np.ndarray, config_types: Sequence | None = None) -> np.ndarray:
-        """σ_E² n_s per frame (σ_E² if ``per_atom`` is False)."""
-        n = np.asarray(n_atoms, dtype=np.float64)
-        if config_types is None or not self.per_config_type:
-            sig = np.full(len(n), self.energy)
-        else:
-            sig = np.array([self.sigma("energy", ct) for ct in config_types])
-        return sig**2 * (n if self.per_atom else 1.0)
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["per_config_type"] = {k: dict(v) for k, v in self.per_config_type.items()}
-        if not d["per_config_type"]:
-            del d["per_config_type"]
-        return d
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> "Noise":
-        return cls(
-            energy=data.get("energy", 0.001),
-            force=data.get("force", 0.1),
-            virial=data.get("virial", 0.05),
-            per_atom=data.get("per_atom", True),
-            per_config_type=data.get("per_config_type", {}) or {},
-        )
 
 
 class DescriptorSource:
@@ -151,130 +96,6 @@ def energy_rows(source, sparse: SparsePoints, kernel: Kernel, n_frames: int) -> 
             frames, starts = np.unique(block.frame, return_index=True)
             Phi[first + frames, cols[z]] += np.add.reduceat(K, starts, axis=0)
     return Phi
-
-
-def _ger(alpha: float, x: np.ndarray, y: np.ndarray, A: np.ndarray) -> np.ndarray:
-    """A + alpha x yᵀ in place (BLAS dger on the Fortran view of a C-ordered A)."""
-    out = scipy.linalg.blas.dger(alpha, y, x, a=A.T, overwrite_a=True)
-    return out.T
-
-
-class InformationState:
-    """F̃ and C = F̃⁻¹ under additions and removals of factor blocks (Woodbury).
-
-    Adding a block W (r × M): with U = C Wᵀ and S = I_r + W C Wᵀ,
-    log det F̃ grows by log det S and C ← C − U S⁻¹ Uᵀ; cost O(M² r).
-    Removing is the same with S = I_r − W C Wᵀ and C ← C + U S⁻¹ Uᵀ.
-    """
-
-    def __init__(self, M: int):
-        self.M = M
-        self.F = np.eye(M)
-        self.C = np.eye(M)
-        self.log_det = 0.0
-
-    def copy(self) -> "InformationState":
-        new = InformationState.__new__(InformationState)
-        new.M, new.F, new.C, new.log_det = self.M, self.F.copy(), self.C.copy(), self.log_det
-        return new
-
-    def gain(self, W: np.ndarray) -> float:
-        """log det(I + W C Wᵀ): the `d` increment of adding W (not applied)."""
-        S = np.eye(len(W)) + W @ self.C @ W.T
-        return float(np.linalg.slogdet(S)[1])
-
-    def block_gains(self, blocks: Sequence[np.ndarray], *, batch: int = 256) -> np.ndarray:
-        """log det(I + W_b C W_bᵀ) of many blocks at once (state unchanged).
-
-        One GEMM of the stacked rows with C per batch, then a batched Cholesky of the
-        (k_b × k_b) matrices padded to a common size with identity (padding adds zero
-        rows to W_b, which leaves the determinant unchanged). Same numbers as
-        :meth:`gain`, several times faster for force blocks (k ≈ M).
-        """
-        out = np.empty(len(blocks))
-        for start in range(0, len(blocks), batch):
-            part = [np.atleast_2d(b) for b in blocks[start : start + batch]]
-            sizes = np.array([len(b) for b in part])
-            k = int(sizes.max())
-            W = np.concatenate(part)
-            X = W @ self.C
-            S = np.zeros((len(part), k, k))
-            S[:, np.arange(k), np.arange(k)] = 1.0
-            offsets = np.concatenate([[0], np.cumsum(sizes)])
-            for b in range(len(part)):
-                lo, hi = offsets[b], offsets[b + 1]
-                S[b, : hi - lo, : hi - lo] += X[lo:hi] @ W[lo:hi].T
-            try:
-                R = np.linalg.cholesky(S)
-                out[start : start + len(part)] = 2.0 * np.log(np.diagonal(R, axis1=1, axis2=2)).sum(axis=1)
-            except np.linalg.LinAlgError:
-                out[start : start + len(part)] = np.linalg.slogdet(S)[1]
-        return out
-
-    def update(self, W: np.ndarray, sign: int = +1):
-        """Add (sign=+1) or remove (sign=-1) the block W.
-
-        Returns
-        -------
-        delta : float
-            Change of log det F̃.
-        U : (M, r) array
-            C Wᵀ *before* the update.
-        S_inv : (r, r) array
-            Inverse of I ± W C Wᵀ, so that C_new = C ∓ U S_inv Uᵀ.
-        """
-        W = np.atleast_2d(W)
-        if len(W) == 1:  # rank one: Sherman–Morrison with in-place BLAS rank-one updates
-            w = W[0]
-            u = self.C @ w
-            s = 1.0 + sign * float(w @ u)
-            if s <= 0:
-                raise InputError("cannot remove a frame that is not part of the information state")
-            if s < 0.1:  # downdate 1 − q loses log10(1/s) digits: use the stable path
-                return self._remove_block(W, u[:, None])
-            self.C = _ger(-sign / s, u, u, self.C)
-            self.F = _ger(float(sign), w, w, self.F)
-            logdet = np.log(s)  # det(F̃ ± wwᵀ) = det(F̃)(1 ± wᵀCw): the change is log s for both signs
-            self.log_det += logdet
-            return logdet, u[:, None], np.array([[1.0 / s]])
-        U = self.C @ W.T
-        if sign < 0:
-            return self._remove_block(W, U)
-        S = np.eye(len(W)) + sign * (W @ U)
-        sgn, logdet = np.linalg.slogdet(S)
-        if sgn <= 0:
-            raise InputError("cannot remove a frame that is not part of the information state")
-        S_inv = np.linalg.inv(S)
-        self.C -= sign * (U @ S_inv @ U.T)
-        self.C = 0.5 * (self.C + self.C.T)
-        self.F += sign * (W.T @ W)
-        # det(F̃ ± WᵀW) = det(F̃) det(I ± W C Wᵀ): the change is log det S for both signs
-        delta = logdet
-        self.log_det += delta
-        return delta, U, S_inv
-
-    def _remove_block(self, W: np.ndarray, U: np.ndarray):
-        """Downdate by a block, stably: C_new from a Cholesky of F̃ − WᵀW (O(M³)).
-
-        The Woodbury downdate C + U (I − W C Wᵀ)⁻¹ Uᵀ cancels catastrophically when the
-        block carries most of the information in some direction (force blocks: relative
-        errors ~1e-5 in C seen at cond(F̃) ≈ 1e9). Instead, with C_new = (F̃ − WᵀW)⁻¹,
-        (I − W C Wᵀ)⁻¹ = I + W C_new Wᵀ (Woodbury) and the change of log det F̃ is
-        −log det(I + W C_new Wᵀ), both free of cancellation.
-        """
-        F_new = self.F - W.T @ W
-        try:
-            chol = scipy.linalg.cho_factor(F_new, lower=True, check_finite=False)
-        except np.linalg.LinAlgError:
-            raise InputError("cannot remove a frame that is not part of the information state") from None
-        C_new = scipy.linalg.cho_solve(chol, np.eye(self.M), check_finite=False)
-        C_new = 0.5 * (C_new + C_new.T)
-        S_inv = np.eye(len(W)) + W @ C_new @ W.T
-        sgn, logdet = np.linalg.slogdet(S_inv)
-        delta = -float(logdet)
-        self.F, self.C = F_new, C_new
-        self.log_det += delta
-        return delta, U, S_inv
 
 
 @dataclass
@@ -424,7 +245,7 @@ class InformationModel:
             Per frame: ``psi`` (r × M) whitened rows (energy, forces atom-major x/y/z,
             virials xx yy zz yz xz xy), ``variance`` (r,), ``kind`` (r,). The prediction of
             each observation is ``psi @ beta`` with β = F̃⁻¹ Σ Ψ_sᵀ Λ_s⁻¹ y_s
-            (:func:`mlipdoe.rows.posterior_mean`).
+            (:func:`mlipdoe.model.rows.posterior_mean`).
         """
         out: list = [None] * len(frames)
         for index, rows in self.iter_observation_rows(frames, observations=observations, config_types=config_types):

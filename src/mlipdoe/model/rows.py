@@ -38,7 +38,7 @@ import scipy.linalg
 import scipy.sparse
 from ase import Atoms
 
-from .exceptions import InputError
+from ..exceptions import InputError
 
 #: Voigt order of the virial rows.
 VIRIAL_COMPONENTS = ("xx", "yy", "zz", "yz", "xz", "xy")
