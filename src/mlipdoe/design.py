@@ -1,24 +1,39 @@
-"""The design record (``design.json``, spec section 4): build, write, read, verify."""
+"""The design record (``design.json``, docs/information-model.md section 4): build, write, read.
+
+Its layout is fixed by ``mlipdoe/schemas/design-record.schema.json`` (JSON Schema draft
+2020-12); :func:`read_record` and :func:`write_record` validate against it and refuse an
+invalid record with one line naming the field.
+
+Format versions: ``mlipdoe.design/2`` adds ``notes`` (what the tool changed or ignored).
+Records of format ``mlipdoe.design/1`` are read with ``notes = []``; other formats are refused.
+"""
 
 from __future__ import annotations
 
 import json
 import math
 import platform
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from . import schemas
 from .atomic import atomic_output
 from .exceptions import InputError
 
-FORMAT = "mlipdoe.design/1"
+FORMAT_NAME = "mlipdoe.design"
+FORMAT_VERSION = 2
+FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
+READABLE_VERSIONS = (1, 2)
 REQUIRED = (
     "format", "pool", "descriptor", "kernel", "noise", "observations", "sparse_points", "criterion",
     "optimizer", "seed", "budget", "fixed", "selected", "gains", "value", "log_det_K_MM", "timings_s", "versions",
+    "notes",
 )
+_FORMAT_RE = re.compile(rf"^{re.escape(FORMAT_NAME)}/([0-9]+)$")
 
 
 def versions() -> dict:
@@ -36,8 +51,13 @@ def versions() -> dict:
 
 @dataclass
 class DesignRecord:
-    """In-memory form of ``design.json``; ``to_dict`` gives exactly the spec layout
-    (required fields first, then any extras such as ``jitter`` or ``options``)."""
+    """In-memory form of ``design.json``; ``to_dict`` gives exactly the documented layout
+    (required fields first, then any extras such as ``jitter`` or ``optimizer_details``).
+
+    ``notes`` holds one sentence for each thing the tool changed or ignored while making
+    the design (sparse points dropped as duplicates, environments sampled for the sparse
+    points, ...), so that nothing is changed silently.
+    """
 
     pool: list
     descriptor: dict
@@ -56,6 +76,7 @@ class DesignRecord:
     log_det_K_MM: float
     timings_s: dict = field(default_factory=dict)
     versions: dict = field(default_factory=versions)
+    notes: list = field(default_factory=list)
     extras: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -66,15 +87,46 @@ class DesignRecord:
         return json_ready(d)
 
     @classmethod
-    def from_dict(cls, data: dict) -> "DesignRecord":
-        if data.get("format") != FORMAT:
-            raise InputError(f"not a design record: format is {data.get('format')!r}, expected {FORMAT!r}")
-        missing = [k for k in REQUIRED if k not in data]
-        if missing:
-            raise InputError(f"design record is missing fields: {', '.join(missing)}")
+    def from_dict(cls, data: dict, *, source: str = "design record") -> DesignRecord:
+        """Check ``data`` (format version, then the schema) and build the record.
+
+        A ``mlipdoe.design/1`` record is upgraded (``notes = []``); any other format, a
+        newer one included, raises :class:`InputError` naming both versions. ``source``
+        starts the error message (e.g. the file name).
+        """
+        data = upgrade(data, source=source)
+        schemas.check(data, "design-record", source)
         kwargs = {k: data[k] for k in REQUIRED[1:]}
         extras = {k: v for k, v in data.items() if k not in REQUIRED}
         return cls(**kwargs, extras=extras)
+
+
+def format_version(data) -> int | None:
+    """The version number of a design record's ``format`` (None if it is not one)."""
+    fmt = data.get("format") if isinstance(data, dict) else None
+    match = _FORMAT_RE.match(fmt) if isinstance(fmt, str) else None
+    return int(match.group(1)) if match else None
+
+
+def upgrade(data: dict, *, source: str = "design record") -> dict:
+    """``data`` in the current format: a copy with the fields added since its version set
+    to their defaults, or ``data`` itself if it is current. Unreadable versions raise
+    :class:`InputError`."""
+    if not isinstance(data, dict):
+        raise InputError(f"{source}: not a JSON object")
+    version = format_version(data)
+    if version is None:
+        raise InputError(f"{source}: not a design record (format is {data.get('format')!r}, expected {FORMAT!r})")
+    if version > FORMAT_VERSION:
+        raise InputError(f"{source}: format {FORMAT_NAME}/{version} is newer than the newest this mlipdoe reads "
+                         f"({FORMAT}); upgrade mlipdoe")
+    if version not in READABLE_VERSIONS:
+        raise InputError(f"{source}: format {FORMAT_NAME}/{version} is not one this mlipdoe reads "
+                         f"(it reads {', '.join(f'{FORMAT_NAME}/{v}' for v in READABLE_VERSIONS)})")
+    if version == 1:
+        data = {**data, "format": FORMAT}
+        data.setdefault("notes", [])
+    return data
 
 
 def json_ready(obj):
@@ -101,19 +153,30 @@ def atomic_write_text(path, text: str) -> None:
 
 
 def write_record(record: DesignRecord, path) -> None:
-    """Write ``design.json`` atomically."""
-    atomic_write_text(path, json.dumps(record.to_dict(), indent=2) + "\n")
+    """Validate the record against the schema, then write ``design.json`` atomically.
+
+    An invalid record raises :class:`InputError` and leaves ``path`` untouched.
+    """
+    data = record.to_dict()
+    schemas.check(data, "design-record", f"refusing to write design record {path}")
+    atomic_write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not valid JSON")
 
 
 def read_record(path) -> DesignRecord:
-    """Read and check a design record; bad files raise :class:`InputError`."""
+    """Read a design record, upgrade an older format, validate it against the schema.
+
+    Raises :class:`InputError` (one line naming the file and the field) for a missing or
+    unreadable file, an unknown format version or a schema violation.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"design record not found: {path}")
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(path.read_text(encoding="utf-8"), parse_constant=_reject_constant)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise InputError(f"cannot read design record {path}: {exc}") from None
-    if not isinstance(data, dict):
-        raise InputError(f"design record {path} is not a JSON object")
-    return DesignRecord.from_dict(data)
+    return DesignRecord.from_dict(data, source=f"design record {path}")
