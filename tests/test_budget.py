@@ -104,3 +104,97 @@ def test_exactly_one_budget(mixed_frames, mixed_model):
         select(mixed_frames, model=mixed_model, n=3, budget_atoms=100)
     with pytest.raises(InputError, match="exactly one budget"):
         select(mixed_frames, model=mixed_model)
+
+
+class _Scaled:
+    """A criterion whose values and gains are multiplied by ``s`` (same design problem)."""
+
+    def __init__(self, inner, s):
+        self.inner, self.s = inner, s
+        self.submodular = inner.submodular
+
+    def gains(self, candidates):
+        return self.s * self.inner.gains(candidates)
+
+    def add(self, index):
+        return self.s * self.inner.add(index)
+
+    def value(self):
+        return self.s * self.inner.value()
+
+    def tie_break(self, candidates):
+        return self.inner.tie_break(candidates)
+
+    def snapshot(self):
+        return self.inner.snapshot()
+
+    def restore(self, snap):
+        self.inner.restore(snap)
+
+
+def _cost_run(model, name, costs, budget, *, scale=None, **kw):
+    from mlipdoe.criteria import make_criterion
+    from mlipdoe.optimizers import cost_greedy
+
+    crit = make_criterion(name).initialize(model)
+    target = crit if scale is None else _Scaled(crit, scale)
+    return crit, cost_greedy(target, costs, budget, available=np.ones(model.n_frames, dtype=bool), **kw)
+
+
+@pytest.mark.parametrize("name", ["d", "a", "i", "g", "e"])
+@pytest.mark.parametrize("kind", ["atoms", "cost"])
+def test_cost_greedy_is_scale_free(name, kind, mixed_frames, mixed_model):
+    """The picks depend on the criterion's own scale only: the I/A/G variances (~1e-7) or
+    the same criterion times 1e-12 or 1e6 give the same design, every pick by gain/cost."""
+    n = np.array([len(a) for a in mixed_frames], dtype=float)
+    costs, budget = (n, 130.0) if kind == "atoms" else (n**3, 2.5e4)
+    _, ref = _cost_run(mixed_model, name, costs, budget)
+    for s in (1e-12, 1e6):
+        _, run = _cost_run(mixed_model, name, costs, budget, scale=s)
+        assert run.selected == ref.selected and run.extra["branch"] == ref.extra["branch"]
+    ratio = ref.extra["branches"]["ratio"]
+    assert len(ratio["selected"]) > 1 and "fill" not in ref.extra["phases"]
+
+
+@pytest.mark.parametrize("kind", ["atoms", "cost"])
+def test_lazy_cost_greedy_same_picks_fewer_evaluations(kind, mixed_frames, mixed_model):
+    n = np.array([len(a) for a in mixed_frames], dtype=float)
+    costs, budget = (n, 200.0) if kind == "atoms" else (n**3, 6e4)
+    crit_p, plain = _cost_run(mixed_model, "d", costs, budget, lazy=False)
+    crit_l, lazy = _cost_run(mixed_model, "d", costs, budget, lazy=True)
+    assert lazy.extra["lazy"] and not plain.extra["lazy"]
+    for b in ("ratio", "gain"):
+        assert lazy.extra["branches"][b]["selected"] == plain.extra["branches"][b]["selected"]
+    assert lazy.selected == plain.selected and lazy.extra["branch"] == plain.extra["branch"]
+    assert lazy.n_evaluations < plain.n_evaluations
+    # the criterion is left in the kept design's state, from scratch
+    assert crit_l.value() == pytest.approx(mixed_model.d_value(lazy.selected), rel=1e-10)
+    assert crit_p.value() == pytest.approx(mixed_model.d_value(plain.selected), rel=1e-10)
+
+
+def test_lazy_only_for_submodular_criteria(mixed_frames, mixed_model):
+    n = np.array([len(a) for a in mixed_frames], dtype=float)
+    _, run = _cost_run(mixed_model, "i", n, 130.0, lazy=True)
+    assert run.extra["lazy"] is False
+
+
+def test_safeguard_keeps_the_better_run_and_records_both(mixed_frames, mixed_model):
+    """Costs that make the small frames look best per cost while one large frame plus
+    small ones carries more information: the plain-gain run wins, is kept, and the
+    criterion is left in its state."""
+    n = np.array([len(a) for a in mixed_frames], dtype=float)
+    costs = np.where(n == 8, 1.0, 100.0)
+    budget = 109.0  # all ten small frames, or one large frame and nine small ones
+    crit, run = _cost_run(mixed_model, "d", costs, budget)
+    b = run.extra["branches"]
+    assert set(b) == {"ratio", "gain"} and run.extra["branch"] == "gain"
+    assert all(n[i] == 8 for i in b["ratio"]["selected"])
+    assert b["gain"]["value"] > b["ratio"]["value"] and run.selected == b["gain"]["selected"]
+    for branch in b.values():  # recorded values are those of the recorded designs
+        assert branch["value"] == pytest.approx(mixed_model.d_value(branch["selected"]), rel=1e-10)
+        assert branch["spent"] == costs[branch["selected"]].sum() <= budget
+    assert crit.value() == pytest.approx(b["gain"]["value"], rel=1e-12)
+    single = run.extra["best_singleton"]
+    best = max(mixed_model.d_value([j]) for j in range(len(n)))
+    assert single["value"] == pytest.approx(best, rel=1e-10) == mixed_model.d_value([single["index"]])
+    assert run.extra["phases"] == ["gain"] * len(run.selected)
