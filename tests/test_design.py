@@ -11,8 +11,10 @@ from conftest import SMALL_SOAP, run_cli
 
 from mlipdoe import design, schemas
 from mlipdoe.api import select
+from mlipdoe.budget import KINDS
 from mlipdoe.exceptions import InputError
 from mlipdoe.generate import generate_strained, write_frames
+from mlipdoe.model import OBSERVABLES
 
 # The fields of docs/information-model.md section 4, plus ``notes`` (format 2), written out
 # here rather than taken from mlipdoe.design so that a change on either side is noticed.
@@ -55,6 +57,9 @@ def test_schemas_are_valid_draft_2020_12_package_data():
     record_schema = schemas.load("design-record")
     assert tuple(record_schema["required"]) == DOCUMENTED == design.REQUIRED
     assert record_schema["properties"]["format"] == {"const": design.FORMAT}
+    props = record_schema["properties"]
+    assert props["observations"]["items"]["enum"] == list(OBSERVABLES)
+    assert props["budget"]["properties"]["kind"]["enum"] == list(KINDS)
 
 
 def test_record_written_by_select_validates_and_round_trips(result, written):
