@@ -174,3 +174,38 @@ def test_cost_greedy_against_exhaustive_search(name, kind, budget, tiny, oracle,
         # (c) maximin/fps: at least as good as cost-blind farthest-point sampling (the gain run)
         assert value >= branch_values["gain"] - tol
     assert ratio > 0.0 and value <= optimum + tol
+
+
+@pytest.mark.parametrize("kind,budget", BUDGETS)
+def test_d_guarantee_with_fixed_frames(kind, budget, tiny):
+    """With fixed frames F the guarantee holds for f(S) = d(F ∪ S) − d(F) (f(∅) = 0)."""
+    frames, model, vectors = tiny
+    n = np.array([len(a) for a in frames], dtype=float)
+    costs = n if kind == "atoms" else n**3
+    fixed = [0, 8]
+    free = [j for j in range(len(frames)) if j not in fixed]
+    crit = make_criterion("d").initialize(model, fixed=fixed)
+    available = np.ones(len(frames), dtype=bool)
+    available[fixed] = False
+    run = cost_greedy(crit, costs, budget, available=available)
+    base = oracle_value("d", model, vectors, fixed)
+    best = max(oracle_value("d", model, vectors, fixed + [free[j] for j in S]) - base
+               for S in maximal_designs(costs[free], budget))
+    got = oracle_value("d", model, vectors, fixed + run.selected) - base
+    assert not set(run.selected) & set(fixed) and costs[run.selected].sum() <= budget
+    assert got >= KMN_BOUND * best
+    assert got <= best * (1 + value_rtol(model))
+
+
+def test_random_baseline_fills_in_random_order(tiny):
+    """``random`` under a budget: frames in its random priority order, each taken if it fits."""
+    frames, model, _ = tiny
+    n = np.array([len(a) for a in frames], dtype=float)
+    crit = make_criterion("random").initialize(model, seed=7)
+    run = cost_greedy(crit, n, 62.0, available=np.ones(len(frames), dtype=bool))
+    expected, spent = [], 0.0
+    for j in np.argsort(-np.random.default_rng(7).random(len(frames)), kind="stable"):
+        if spent + n[j] <= 62.0:
+            expected.append(int(j))
+            spent += n[j]
+    assert run.selected == expected and run.extra["branch"] == "gain" and set(run.extra["branches"]) == {"gain"}

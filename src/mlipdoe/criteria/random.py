@@ -15,11 +15,14 @@ class RandomCriterion(DOptimal):
     ``gains`` returns fixed random priorities, so greedy picks a uniform random
     subset. ``add``, ``remove`` and ``value`` report the D-optimal information
     (log det F̃), so random designs are scored on the same scale as ``d``.
-    Cost per pick: O(N M) (the D bookkeeping).
+    Cost per pick: O(N M) (the D bookkeeping). Under an atom or cost budget the frames
+    are taken in the same random order, each one that still fits (``budget_runs``: only
+    the plain-gain run of :func:`~mlipdoe.optimizers.cost_greedy`, no cost weighting).
     """
 
     name = "random"
     submodular = False
+    budget_runs = ("gain",)
 
     def initialize(self, model, *, fixed: Sequence[int] = (), seed: int = 0) -> "RandomCriterion":
         super().initialize(model, fixed=fixed, seed=seed)

@@ -35,6 +35,10 @@ def cost_greedy(criterion, costs: np.ndarray, budget: float, *, available: np.nd
       affordable singleton, so for a monotone criterion this run's value is at least the
       best singleton's.
 
+    A criterion may restrict the runs with a ``budget_runs`` attribute: ``random`` has
+    ``("gain",)`` (its gains are random priorities, so its design is a uniformly random
+    order filled while frames fit; picking between runs by value would bias the baseline).
+
     For a monotone submodular criterion (``d``) max(ratio, best singleton) ≥
     (1 − 1/e)/2 × optimum (Khuller, Moss & Naor 1999; Leskovec et al. 2007), so the kept
     design has that guarantee. For the others it is a heuristic.
@@ -77,17 +81,20 @@ def cost_greedy(criterion, costs: np.ndarray, budget: float, *, available: np.nd
     if len(first):
         k = best_candidate(criterion, first, g0)
         singleton = {"index": int(first[k]), "value": v0 + float(g0[k])}
+    branches = tuple(getattr(criterion, "budget_runs", BRANCHES))
     runs: dict[str, tuple[GreedyResult, float]] = {}
     with progress.stage("selection", None) as advance:
-        for branch in BRANCHES:
+        for branch in branches:
             criterion.restore(start)
             run = _branch(criterion, costs, float(budget), mask, first, g0, per_cost=branch == "ratio",
                           lazy=use_lazy, scale=scale, threshold=threshold, chunk_size=chunk_size, advance=advance)
             runs[branch] = (run, float(criterion.value()))
-    v_ratio, v_gain = runs["ratio"][1], runs["gain"][1]
-    kept = "gain" if v_gain > v_ratio + TIE_RTOL * max(scale, abs(v_ratio)) else "ratio"
+    kept = branches[0]
+    for branch in branches[1:]:
+        if runs[branch][1] > runs[kept][1] + TIE_RTOL * max(scale, abs(runs[kept][1])):
+            kept = branch
     result = runs[kept][0]
-    if kept != BRANCHES[-1]:  # leave the criterion in the kept design's state
+    if kept != branches[-1]:  # leave the criterion in the kept design's state
         criterion.restore(start)
         for index in result.selected:
             criterion.add(index)
