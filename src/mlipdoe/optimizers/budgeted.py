@@ -153,9 +153,12 @@ def _branch(criterion, costs, budget, mask, first, g0, *, per_cost, lazy, scale,
 
 
 def _scores(g, c, per_cost, tol):
-    """Gain per cost (``per_cost``) or gain, with |gain| ≤ ``tol`` counted as 0."""
-    g = np.where(np.abs(g) <= tol, 0.0, g)
-    return g / c if per_cost else g
+    """Gain per cost with |gain| ≤ ``tol`` counted as 0 (``per_cost``), else the raw gain
+    (as :func:`~mlipdoe.optimizers.greedy.best_candidate` ranks it). Both are
+    non-decreasing in the gain, so stale gains give upper bounds on the scores."""
+    if not per_cost:
+        return g
+    return np.where(np.abs(g) <= tol, 0.0, g) / c
 
 
 def _window(criterion, best, per_cost):
