@@ -274,7 +274,7 @@ def test_grade_training_frames_le_one_and_far_frames_kept(pools, design):
         assert a.info["mlipdoe_grade"] > 1
         assert a.arrays["mlipdoe_grade"].shape == (len(a),)
     # the local rows add up to the frame rows
-    rows = A.local_rows(model, far)
+    rows = model.local_rows(far)
     np.testing.assert_allclose(np.array([r.sum(axis=0) for r in rows]), model.rows_for(far), rtol=1e-8, atol=1e-10)
 
 

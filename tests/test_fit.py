@@ -17,7 +17,6 @@ from mlipdoe.fit import (
     evaluate,
     fit_from_rows,
     fit_gpr,
-    frame_rows,
     load_model,
     read_labels,
 )
@@ -42,27 +41,6 @@ def _teacher_labels(frames, m, beta, e0=-6.5):
                   [str(a.info.get("config_type", "default")) for a in frames])
 
 
-def test_energy_rows_match_information_model(model):
-    frames, m = model
-    rows = frame_rows(frames[:3], m.soap, m.kernel, m.sparse, m.L, forces=False)
-    np.testing.assert_allclose(np.array([r["energy"] for r in rows]), m.psi[:3], rtol=1e-7, atol=1e-9 * np.abs(m.psi).max())
-
-
-def test_force_rows_are_minus_finite_difference_of_energy_rows(model):
-    frames, m = model
-    atoms = frames[0]
-    rows = frame_rows([atoms], m.soap, m.kernel, m.sparse, m.L)[0]["forces"]
-    h = 1e-4
-    for j, c in [(0, 0), (3, 1), (7, 2)]:
-        plus, minus = atoms.copy(), atoms.copy()
-        plus.positions[j, c] += h
-        minus.positions[j, c] -= h
-        ep = frame_rows([plus], m.soap, m.kernel, m.sparse, m.L, forces=False)[0]["energy"]
-        em = frame_rows([minus], m.soap, m.kernel, m.sparse, m.L, forces=False)[0]["energy"]
-        fd = -(ep - em) / (2 * h)
-        np.testing.assert_allclose(rows[3 * j + c], fd, rtol=1e-4, atol=1e-5 * np.abs(fd).max())
-
-
 def test_predicted_forces_are_minus_gradient_of_predicted_energy(model):
     frames, m = model
     beta = np.random.default_rng(0).normal(size=m.M)
@@ -85,13 +63,13 @@ def test_posterior_mean_matches_raw_coordinates_solution(model):
     assert np.linalg.cond(m.L @ m.L.T) < 1e6
     rng = np.random.default_rng(3)
     noise = Noise(energy=0.01, force=0.2)
-    rows = frame_rows(frames, m.soap, m.kernel, m.sparse, m.L)
+    rows = GPRModel(m.soap, m.kernel, noise, m.sparse, m.L, np.zeros(m.M), 0.0).rows(frames)
     n = np.array([len(a) for a in frames])
     labels = Labels(rng.normal(size=len(frames)) - 6 * n, [rng.normal(size=(k, 3)) for k in n], n,
                     ["strain"] * len(frames))
-    beta, e0 = fit_from_rows(rows, labels, noise=noise)
+    beta, e0 = fit_from_rows(rows, labels)
     assert e0 == pytest.approx(np.mean(labels.energy / n))
-    Phi = np.vstack([np.concatenate([[r["energy"]], r["forces"]]) for r in rows]) @ m.L.T   # raw rows
+    Phi = np.vstack([r.psi for r in rows]) @ m.L.T   # raw rows: energy, then forces atom-major
     var = np.concatenate([np.concatenate([[noise.energy**2 * k], np.full(3 * k, noise.force**2)]) for k in n])
     y = np.concatenate([np.concatenate([[e - e0 * k], f.reshape(-1)]) for e, f, k in zip(labels.energy, labels.forces, n)])
     # gap_fit's way: least squares on the stacked system [Λ^{-1/2}Φ; Lᵀ] α = [Λ^{-1/2}y; 0] (QR)

@@ -47,7 +47,7 @@ import numpy as np
 import scipy.linalg
 from ase import Atoms
 
-from .descriptors import SOAP, iter_descriptors, make_descriptor
+from .descriptors import SOAP
 from .design import json_ready
 from .exceptions import InputError
 from .hypers import Noise
@@ -348,23 +348,37 @@ def informativeness(setup: AssessmentSetup, *, criterion: str = "d", redundant_f
 
     A member is *redundant* when its loss is below ``redundant_fraction`` × the mean loss,
     or when the other members already predict all its observations to within their noise:
-    λ_max(W_s C_{S∖s} W_sᵀ) ≤ 1 (``loo_noise_ratio``; W_s is noise-scaled, and
-    W C_{S∖s} Wᵀ = A (I − A)⁻¹ with A = W C Wᵀ, a Woodbury downdate). With energy rows only
-    this is v_{S∖s}(s) ≤ σ_E² n_s / n_s², i.e. a ``d`` loss ≤ log 2. An exact duplicate of
-    another member always satisfies it (the other copy already measured it once).
+    λ_max(W_s C_{S∖s} W_sᵀ) ≤ 1 (``loo_noise_ratio``; W_s is noise-scaled). C_{S∖s} comes
+    from the stable downdate of :class:`~mlipdoe.state.InformationState` (the removal
+    itself), not from (I − W_s C W_sᵀ)⁻¹, which is round-off when the member carries nearly
+    all the information in some direction (σ_E = 1 meV). With energy rows only the
+    condition is v_{S∖s}(s) ≤ σ_E² n_s / n_s², i.e. a ``d`` loss ≤ log 2. An exact duplicate
+    of another member always satisfies it (the other copy already measured it once).
     ``loo_std_meV`` is the leave-one-out predictive energy std of the member.
 
     ``state``: optional criterion already holding exactly the members (reused; every trial
-    removal is undone with ``snapshot``/``restore``). ``C``: optional F̃(S)⁻¹.
+    removal is undone with ``snapshot``/``restore``; the leave-one-out quantities are read
+    from its information state when it has one). ``C``: not needed (the leave-one-out
+    quantities come from the information state); accepted so that callers holding F̃(S)⁻¹
+    need not change.
     """
+    from .state import InformationState
+
     model, members = setup.model, list(setup.members)
     crit = state if state is not None else _criterion_with(setup, members, criterion)
     value = float(crit.value())
     cand = np.flatnonzero(setup.candidates)
-    if C is None:
-        C = posterior_covariance(model, members)
+    info = getattr(crit, "state", None)
+    own = None
+    if not isinstance(info, InformationState):  # e.g. maximin: a plain F̃(S) state for the leave-one-out part
+        own = InformationState(model.M)
+        for m in members:
+            own.update(model.factor(m), +1)
+        own.factor()
+    crit.prepare_removals()
     rows = []
     for pos, s in enumerate(members):
+        W = np.atleast_2d(model.factor(s))
         snap = crit.snapshot()
         loss = -float(crit.remove(s))
         swap = None
@@ -372,21 +386,20 @@ def informativeness(setup: AssessmentSetup, *, criterion: str = "d", redundant_f
             g = np.asarray(crit.gains(cand), dtype=float)
             k = int(np.argmax(g))
             swap = {"index": int(cand[k]), "label": _label(setup, int(cand[k])), "gain": float(g[k] - loss)}
-        crit.restore(snap)
-        # leave-one-out predictive variance of s's own energy per atom
-        W = np.atleast_2d(model.factor(s))
-        U = C @ W.T
-        S_inv = np.linalg.inv(np.eye(len(W)) - W @ U)
+        if own is None:
+            C_loo = crit.state.C  # F̃(S ∖ s)⁻¹ while s is out
+        else:
+            trial = own.copy()
+            trial.update(W, -1)
+            C_loo = trial.C
         psi = model.psi[s]
         n = float(model.n_atoms[s])
-        a = psi @ U
-        v_loo = (psi @ C @ psi + a @ S_inv @ a) / n**2
+        v_loo = float(psi @ C_loo @ psi) / n**2  # leave-one-out predictive variance of its energy per atom
+        # the others' predictive variance of this frame's observations in units of their noise
+        # (energy-only: v_loo / noise)
+        loo_ratio = float(np.max(np.linalg.eigvalsh(W @ C_loo @ W.T)))
+        crit.restore(snap)
         noise_v = float(model.energy_variance[s]) / n**2
-        # largest eigenvalue of W C_{S∖s} Wᵀ = A (I − A)⁻¹ with A = W C Wᵀ: the others' predictive
-        # variance of this frame's observations in units of their noise (energy-only: v_loo / noise)
-        lev = np.linalg.eigvalsh(W @ U)
-        lev_max = float(np.max(lev))
-        loo_ratio = lev_max / (1.0 - lev_max) if lev_max < 1.0 else float("inf")
         rows.append({"position": pos, "index": int(s), "label": _label(setup, s), "n_atoms": int(n), "loss": loss,
                      "loo_std_meV": float(math.sqrt(max(v_loo, 0.0)) * _MEV),
                      "noise_std_meV": float(math.sqrt(noise_v) * _MEV), "loo_noise_ratio": loo_ratio,
@@ -604,30 +617,6 @@ def calibration(model: InformationModel, C: np.ndarray, labels: Sequence[Atoms],
 # ---------------------------------------------------------------------------
 
 
-def local_rows(model: InformationModel, frames: Sequence[Atoms], *, chunk_size: int = 100) -> list[np.ndarray]:
-    """Whitened local rows ℓ_i = L⁻¹ k(x_i, Z) of every atom, one (n_atoms, M) array per frame.
-
-    Σ_i ℓ_i is the frame's whitened energy row ψ_s.
-    """
-    frames = list(frames)
-    species = set(model.sparse.species)
-    for k, atoms in enumerate(frames):
-        extra = set(np.unique(atoms.numbers).tolist()) - species
-        if extra:
-            raise InputError(f"frame {k} contains species {sorted(extra)} not covered by the sparse points "
-                             f"(species {sorted(species)})")
-    cols = model.sparse.slices()
-    raw = [np.zeros((len(a), model.M)) for a in frames]
-    descriptor = make_descriptor(model.soap)
-    for first, desc in iter_descriptors(descriptor, frames, chunk_size=chunk_size):
-        for z, block in desc.blocks.items():
-            K = model.kernel(block.values, model.sparse.vectors[z])
-            for f in np.unique(block.frame):
-                sel = block.frame == f
-                raw[first + int(f)][block.atom[sel], cols[z]] = K[sel]
-    return [model.whiten(r) if len(r) else r for r in raw]
-
-
 @dataclass
 class GradeResult:
     """Extrapolation grades of some frames.
@@ -671,12 +660,12 @@ def grade(model: InformationModel, train: Sequence[int], frames: Sequence[Atoms]
     if len(train_frames) != len(train):
         raise InputError(f"{len(train_frames)} training frames given for {len(train)} training indices")
     # reference variances from the same local-row path as the graded frames (same round-off)
-    rows_train = local_rows(model, train_frames, chunk_size=chunk_size)
+    rows_train = model.local_rows(train_frames, chunk_size=chunk_size)
     psi_train = np.array([r.sum(axis=0) for r in rows_train])
     v_train = model.predictive_variance(C, psi_train, np.array([len(a) for a in train_frames]))
     max_v = float(np.max(v_train))
     max_atom = float(max(np.max(np.einsum("ij,jk,ik->i", r, C, r)) for r in rows_train))
-    rows = local_rows(model, frames, chunk_size=chunk_size)
+    rows = model.local_rows(frames, chunk_size=chunk_size)
     psi = np.array([r.sum(axis=0) for r in rows])
     v = model.predictive_variance(C, psi, np.array([len(a) for a in frames]))
     atom = [np.einsum("ij,jk,ik->i", r, C, r) / max_atom for r in rows]
@@ -938,6 +927,6 @@ __all__ = [
     "AssessmentSetup", "GradeResult", "assess", "best_additions", "bias_check", "calibration", "design_efficiency",
     "exit_code", "extend_model", "grade", "graded_frames", "identifiability", "informativeness", "kernel_distance",
     "nearest_distance",
-    "local_rows", "nystrom_features", "posterior_covariance", "prepare", "target_adequacy", "write_figures",
+    "nystrom_features", "posterior_covariance", "prepare", "target_adequacy", "write_figures",
     "write_report",
 ]

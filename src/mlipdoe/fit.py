@@ -1,22 +1,13 @@
 """Label-backed fitting: the sparse GPR of the spec, its gap_fit twin, and evaluation.
 
 The built-in fit is the posterior mean of spec section 2, solved in whitened
-coordinates (spec section 5): with whitened rows Ψ_s = Φ_s L⁻ᵀ and noise Λ_s,
+coordinates (spec section 5) by :func:`mlipdoe.model.rows.posterior_mean` on the model
+layer's rows (:func:`mlipdoe.model.gap_featomic.iter_observation_rows`):
 
-    F̃ = I + Σ_s Ψ_sᵀ Λ_s⁻¹ Ψ_s,     β = F̃⁻¹ Σ_s Ψ_sᵀ Λ_s⁻¹ y_s,     α = L⁻ᵀ β,
+    F̃ = I + Σ_s Ψ_sᵀ Λ_s⁻¹ Ψ_s,     β = F̃⁻¹ Σ_s Ψ_sᵀ Λ_s⁻¹ y_s,     α = L⁻ᵀ β.
 
-by a Cholesky factorisation of F̃ (eigenvalues ≥ 1); K_MM is never inverted. The
-energy labels have an average per-atom offset e0 = mean_s E_s / n_s removed first
-(gap_fit ``e0_method=average``). Local energies are ε(x) = Σ_m α_m δ² (x·z_m)^ζ.
-
-Force rows (−∂E/∂r of each kernel column) use the SOAP position gradients: with the
-unit vector x = p/|p|, ∂x/∂r = (I − x xᵀ) ∂p/∂r / |p|, so
-
-    ∂k(x_i, z_m)/∂r_j = ζ δ² (x_i·z_m)^{ζ−1} z_mᵀ (I − x_i x_iᵀ) ∂p_i/∂r_j / |p_i|.
-
-When the information model provides ``observation_rows`` (issue 4) those rows are
-used for training; otherwise the rows are computed here (energies and forces; no
-virials).
+The energy labels have an average per-atom offset e0 = mean_s E_s / n_s removed first
+(gap_fit ``e0_method=average``). Predictions are ψ_s β on the same rows.
 """
 
 from __future__ import annotations
@@ -35,17 +26,23 @@ import numpy as np
 import scipy.linalg
 from ase import Atoms
 
-from .descriptors import SOAP, make_descriptor
+from .descriptors import SOAP, AtomicDescriptors, SpeciesBlock, make_descriptor
 from .design import atomic_write_text
 from .exceptions import ConfigurationError, InputError, NumericalError
 from .hypers import Noise
+from .model.gap_featomic import (
+    chunk_energy_rows,
+    iter_observation_rows,
+    observation_block,
+)
 from .model.kernels import Kernel, SparsePoints, cholesky_with_jitter
+from .model.rows import ObservationRows, posterior_mean, whiten
 
 MODEL_FORMAT = "mlipdoe.gpr/1"
 
 __all__ = [
     "GPRModel", "Labels", "Prediction", "ErrorTable", "read_labels", "fit_gpr", "fit_from_rows",
-    "frame_rows", "evaluate", "fit_gap_fit", "GapFitModel", "load_model", "average_e0",
+    "label_vectors", "evaluate", "fit_gap_fit", "GapFitModel", "load_model", "average_e0",
 ]
 
 
@@ -85,34 +82,67 @@ def _calc_result(atoms: Atoms, name: str):
     return results.get(name)
 
 
-def read_labels(frames: Sequence[Atoms], *, energy_key: str = "energy", forces_key: str = "force",
+_NOT_FORCES = ("positions", "momenta", "numbers")
+
+
+def _keys(mapping, *, skip=()) -> str:
+    keys = [str(k) for k in mapping if k not in skip]
+    return ", ".join(sorted(keys)) or "none"
+
+
+def _vector_arrays(atoms: Atoms) -> list[str]:
+    """Names of per-atom 3-vector arrays that could hold forces."""
+    return sorted(k for k, v in atoms.arrays.items()
+                  if k not in _NOT_FORCES and np.shape(v) == (len(atoms), 3) and np.issubdtype(np.asarray(v).dtype,
+                                                                                                np.floating))
+
+
+def read_labels(frames: Sequence[Atoms], *, energy_key: str = "energy", forces_key: str | None = "force",
                 require_forces: bool = False) -> Labels:
     """Energies and forces from each frame's calculator, else ``info[energy_key]`` and
-    ``arrays[forces_key]`` (the defaults match the Zuo et al. 2020 extxyz files)."""
+    ``arrays[forces_key]`` (the defaults match the Zuo et al. 2020 extxyz files).
+
+    ``forces_key=None`` reads energies only. Raises :class:`InputError`, naming the keys
+    the frame has, for a frame without an energy; for forces on some frames but not on
+    others; for no forces at all when ``require_forces`` or when the frames hold another
+    per-atom vector array (a forces key that does not match the file is never read as
+    "no forces").
+    """
     energies, forces, cts = [], [], []
-    have_forces = True
+    missing: list[int] = []
     for k, atoms in enumerate(frames):
         e = _calc_result(atoms, "energy")
         if e is None:
             e = atoms.info.get(energy_key)
         if e is None:
             raise InputError(f"frame {k} has no energy: no calculator result and no info[{energy_key!r}] "
-                             f"(set --energy-key)")
+                             f"(its info keys: {_keys(atoms.info)}; set --energy-key)")
         energies.append(float(e))
-        f = _calc_result(atoms, "forces")
+        f = None
+        if forces_key is not None:
+            f = _calc_result(atoms, "forces")
+            if f is None:
+                f = atoms.arrays.get(forces_key)
         if f is None:
-            f = atoms.arrays.get(forces_key)
-        if f is None:
-            have_forces = False
-            if require_forces:
-                raise InputError(f"frame {k} has no forces: no calculator result and no arrays[{forces_key!r}] "
-                                 f"(set --forces-key)")
+            missing.append(k)
         else:
             f = np.asarray(f, dtype=np.float64)
             if f.shape != (len(atoms), 3):
                 raise InputError(f"frame {k}: forces have shape {f.shape}, expected ({len(atoms)}, 3)")
         forces.append(f)
         cts.append(str(atoms.info.get("config_type", "default")))
+    have_forces = forces_key is not None and not missing
+    if forces_key is not None and missing:
+        k = missing[0]
+        keys = _keys(frames[k].arrays, skip=_NOT_FORCES)
+        if len(missing) < len(frames):
+            raise InputError(f"{len(missing)} of {len(frames)} frames have no forces (first: frame {k}, no calculator "
+                             f"result and no arrays[{forces_key!r}]; its per-atom arrays: {keys}); label every "
+                             f"frame, or fit energies only (--no-forces)")
+        candidates = _vector_arrays(frames[k])
+        if require_forces or candidates:
+            raise InputError(f"no frame has forces: no calculator result and no arrays[{forces_key!r}] (per-atom "
+                             f"arrays of frame {k}: {keys}); set --forces-key, or fit energies only (--no-forces)")
     n = np.array([len(a) for a in frames], dtype=np.int64)
     return Labels(np.array(energies), forces if have_forces else None, n, cts)
 
@@ -120,101 +150,6 @@ def read_labels(frames: Sequence[Atoms], *, energy_key: str = "energy", forces_k
 def average_e0(labels: Labels) -> float:
     """gap_fit ``e0_method=average``: mean over frames of E_s / n_s (eV/atom)."""
     return float(np.mean(labels.energy / labels.n_atoms))
-
-
-# ---------------------------------------------------------------------------
-# rows
-# ---------------------------------------------------------------------------
-def _check_species(frames, sparse: SparsePoints):
-    species = set(sparse.species)
-    for k, atoms in enumerate(frames):
-        extra = set(np.unique(atoms.numbers).tolist()) - species
-        if extra:
-            raise InputError(f"frame {k} contains species {sorted(extra)} not covered by the sparse points "
-                             f"(species {sorted(species)})")
-
-
-def _chunks_by_atoms(frames, max_atoms: int):
-    start, count = 0, 0
-    for k, atoms in enumerate(frames):
-        if k > start and count + len(atoms) > max_atoms:
-            yield start, k
-            start, count = k, 0
-        count += len(atoms)
-    if start < len(frames):
-        yield start, len(frames)
-
-
-def _scatter(target: np.ndarray, n: int):
-    """Sparse (n × len(target)) 0/1 matrix summing entries into ``target`` rows."""
-    import scipy.sparse
-
-    return scipy.sparse.csr_matrix((np.ones(len(target)), (target, np.arange(len(target)))), shape=(n, len(target)))
-
-
-def _tangent_gradients(block, values_g, samples_g):
-    """(∂p/∂r projected on the tangent of the unit sphere) / |p| for every gradient
-    sample: (n_grad, 3, D), and the block row of each sample."""
-    row = samples_g[:, 0]
-    x = block.values[row]                                   # (n_grad, D)
-    proj = np.einsum("gcd,gd->gc", values_g, x)             # (n_grad, 3)
-    Gt = values_g - proj[:, :, None] * x[:, None, :]
-    Gt /= block.norms[row][:, None, None]
-    return Gt, row
-
-
-def frame_rows(frames: Sequence[Atoms], soap: SOAP, kernel: Kernel, sparse: SparsePoints, L: np.ndarray, *,
-               forces: bool = True, max_atoms: int = 400) -> list[dict]:
-    """Whitened observation rows of each frame (computed here, energies and forces).
-
-    Returns
-    -------
-    list of dict
-        Per frame ``{"energy": (M,), "forces": (3 n_s, M) or None}``; force rows are
-        atom-major (atom0 x, y, z, atom1, ...), rows of F = −∂E/∂r, whitened by L⁻¹.
-    """
-    _check_species(frames, sparse)
-    descriptor = make_descriptor(soap)
-    cols = sparse.slices()
-    M = sparse.n_points
-    out: list[dict] = []
-    for a, b in _chunks_by_atoms(frames, max_atoms):
-        chunk = list(frames[a:b])
-        desc = descriptor.compute(chunk, gradients=("positions",) if forces else ())
-        offsets = np.concatenate([[0], np.cumsum([len(x) for x in chunk])])
-        phi = np.zeros((len(chunk), M))
-        frc = np.zeros((3 * offsets[-1], M)) if forces else None
-        for z, block in desc.blocks.items():
-            Z = sparse.vectors[z]
-            dots = block.values @ Z.T                        # (n_env, M_z)
-            K = kernel.power(dots.copy())
-            np.add.at(phi[:, cols[z]], block.frame, K)
-            if forces:
-                vals, samp = block.gradients["positions"]
-                Gt, row = _tangent_gradients(block, vals, samp)
-                coef = kernel.zeta * kernel.delta**2 * dots ** (kernel.zeta - 1)   # (n_env, M_z)
-                dk = np.einsum("gcd,md->gcm", Gt, Z) * coef[row][:, None, :]      # (n_grad, 3, M_z)
-                S = _scatter(offsets[samp[:, 1]] + samp[:, 2], offsets[-1])
-                frc[:, cols[z]] -= (S @ dk.reshape(len(dk), -1)).reshape(-1, len(Z))
-        psi = scipy.linalg.solve_triangular(L, phi.T, lower=True).T
-        psif = scipy.linalg.solve_triangular(L, frc.T, lower=True).T if forces else None
-        for k in range(len(chunk)):
-            out.append({"energy": psi[k],
-                        "forces": psif[3 * offsets[k]:3 * offsets[k + 1]] if forces else None})
-    return out
-
-
-def rows_from_observation_model(model, frames: Sequence[Atoms], observations) -> list[dict]:
-    """Adapter for issue 4's ``InformationModel.observation_rows`` (psi, variance, kind)."""
-    blocks = model.observation_rows(frames, observations=tuple(observations))
-    out = []
-    for blk in blocks:
-        kind = np.asarray(blk.kind)
-        psi = np.asarray(blk.psi)
-        out.append({"energy": psi[kind == "energy"][0],
-                    "forces": psi[kind == "force"] if np.any(kind == "force") else None,
-                    "virial": psi[kind == "virial"] if np.any(kind == "virial") else None})
-    return out
 
 
 # ---------------------------------------------------------------------------
@@ -260,42 +195,23 @@ class GPRModel:
     def M(self) -> int:
         return len(self.beta)
 
-    def predict_rows(self, rows: Sequence[dict], n_atoms: np.ndarray, *, forces: bool = True) -> Prediction:
-        """Predictions from precomputed whitened rows (see :func:`frame_rows`)."""
-        energy = np.array([r["energy"] @ self.beta for r in rows]) + self.e0 * np.asarray(n_atoms)
-        f = [(r["forces"] @ self.beta).reshape(-1, 3) for r in rows] if forces else None
-        return Prediction(energy, f, np.asarray(n_atoms))
+    def predict_rows(self, rows: Sequence[ObservationRows], *, forces: bool = True) -> Prediction:
+        """Predictions ψ β (+ e0 n) from the model layer's whitened rows of each frame."""
+        n_atoms = np.array([r.n_atoms for r in rows], dtype=np.int64)
+        energy = np.array([r.psi[0] @ self.beta for r in rows]) + self.e0 * n_atoms
+        f = [(r.psi[r.kind == "force"] @ self.beta).reshape(-1, 3) for r in rows] if forces else None
+        return Prediction(energy, f, n_atoms)
 
-    def predict(self, frames: Sequence[Atoms], *, forces: bool = True, max_atoms: int = 400) -> Prediction:
-        """Energies (and forces) of new frames through α (no M-sized rows are formed)."""
-        _check_species(frames, self.sparse)
-        descriptor = make_descriptor(self.soap)
-        alpha = self.alpha
-        cols = self.sparse.slices()
-        kern = self.kernel
-        energies, force_list = [], []
-        for a, b in _chunks_by_atoms(frames, max_atoms):
-            chunk = list(frames[a:b])
-            desc = descriptor.compute(chunk, gradients=("positions",) if forces else ())
-            offsets = np.concatenate([[0], np.cumsum([len(x) for x in chunk])])
-            e = np.zeros(len(chunk))
-            f = np.zeros((offsets[-1], 3))
-            for z, block in desc.blocks.items():
-                Z = self.sparse.vectors[z]
-                al = alpha[cols[z]]
-                dots = block.values @ Z.T
-                e += _scatter(block.frame, len(chunk)) @ (kern.power(dots.copy()) @ al)
-                if forces:
-                    vals, samp = block.gradients["positions"]
-                    # c_i = Σ_m α_m ζ δ² (x_i·z_m)^{ζ-1} z_m  (n_env, D)
-                    c = (kern.zeta * kern.delta**2 * dots ** (kern.zeta - 1) * al) @ Z
-                    Gt, row = _tangent_gradients(block, vals, samp)
-                    dE = np.einsum("gcd,gd->gc", Gt, c[row])
-                    f -= _scatter(offsets[samp[:, 1]] + samp[:, 2], offsets[-1]) @ dE
-            energies.append(e)
-            force_list += [f[offsets[k]:offsets[k + 1]] for k in range(len(chunk))]
-        n = np.array([len(x) for x in frames])
-        return Prediction(np.concatenate(energies) + self.e0 * n, force_list if forces else None, n)
+    def rows(self, frames: Sequence[Atoms], *, forces: bool = True) -> list[ObservationRows]:
+        """The model layer's whitened rows of ``frames`` on this model's sparse points."""
+        observations = ("energy", "forces") if forces else ("energy",)
+        return [r for _, r in iter_observation_rows(make_descriptor(self.soap), list(frames), sparse=self.sparse,
+                                                    kernel=self.kernel, L=self.L, noise=self.noise,
+                                                    observations=observations)]
+
+    def predict(self, frames: Sequence[Atoms], *, forces: bool = True) -> Prediction:
+        """Energies (and forces) of new frames."""
+        return self.predict_rows(self.rows(frames, forces=forces), forces=forces)
 
     # -- persistence (no pickles) -----------------------------------------
     def save(self, directory) -> None:
@@ -345,14 +261,28 @@ class GPRModel:
 # ---------------------------------------------------------------------------
 # fitting
 # ---------------------------------------------------------------------------
-def fit_from_rows(rows: Sequence[dict], labels: Labels, *, noise: Noise, use_forces: bool = True,
-                  e0: float | None = None) -> tuple[np.ndarray, float]:
-    """β = F̃⁻¹ Σ_s Ψ_sᵀ Λ_s⁻¹ y_s by Cholesky of F̃ (spec section 2, whitened).
+def label_vectors(rows: Sequence[ObservationRows], labels: Labels, e0: float) -> list[np.ndarray]:
+    """Observed values in each frame's row order: E_s − e0 n_s, then forces (atom-major)."""
+    out = []
+    for k, r in enumerate(rows):
+        y = [np.array([labels.energy[k] - e0 * labels.n_atoms[k]])]
+        if np.any(r.kind == "force"):
+            if labels.forces is None:
+                raise ConfigurationError("the rows carry force rows but the labels have no forces")
+            y.append(np.asarray(labels.forces[k], dtype=float).reshape(-1))
+        if np.any(r.kind == "virial"):
+            raise ConfigurationError("virial labels are not read by the built-in fit")
+        out.append(np.concatenate(y))
+    return out
+
+
+def fit_from_rows(rows: Sequence[ObservationRows], labels: Labels, *, e0: float | None = None) -> tuple[np.ndarray, float]:
+    """β = F̃⁻¹ Σ_s Ψ_sᵀ Λ_s⁻¹ y_s (spec section 2, whitened) on the model layer's rows.
 
     Parameters
     ----------
-    rows : list of dict
-        Whitened rows per training frame: ``"energy"`` (M,), ``"forces"`` (3 n_s, M).
+    rows : list of ObservationRows
+        Whitened rows per training frame (energy, optionally forces), with their noise.
     labels : Labels
         Labels of the same frames, in the same order.
     e0 : float, optional
@@ -367,35 +297,15 @@ def fit_from_rows(rows: Sequence[dict], labels: Labels, *, noise: Noise, use_for
         raise InputError("cannot fit on an empty training set")
     if e0 is None:
         e0 = average_e0(labels)
-    use_forces = use_forces and labels.forces is not None
-    M = len(rows[0]["energy"])
-    F = np.eye(M)
-    b = np.zeros(M)
-    E_rows = np.array([r["energy"] for r in rows])
-    var_E = np.array([noise.sigma("energy", ct) ** 2 for ct in labels.config_types])
-    if noise.per_atom:
-        var_E = var_E * labels.n_atoms
-    yE = labels.energy - e0 * labels.n_atoms
-    W = E_rows / np.sqrt(var_E)[:, None]
-    F += W.T @ W
-    b += E_rows.T @ (yE / var_E)
-    if use_forces:
-        for r, f, ct in zip(rows, labels.forces, labels.config_types):
-            if r.get("forces") is None:
-                raise ConfigurationError("force labels given but the rows carry no force rows")
-            inv = 1.0 / noise.sigma("force", ct) ** 2
-            P = r["forces"]
-            F += inv * (P.T @ P)
-            b += inv * (P.T @ f.reshape(-1))
     try:
-        cho = scipy.linalg.cho_factor(F, lower=True)
+        beta = posterior_mean(rows, label_vectors(rows, labels, e0), rows[0].psi.shape[1])
     except np.linalg.LinAlgError:
         raise NumericalError("the whitened information matrix is not positive definite") from None
-    return scipy.linalg.cho_solve(cho, b), float(e0)
+    return beta, float(e0)
 
 
 def fit_gpr(frames: Sequence[Atoms], labels: Labels | None = None, *, soap: SOAP, kernel: Kernel = Kernel(),
-            noise: Noise = Noise(), sparse: SparsePoints, use_forces: bool = True, info_model=None,
+            noise: Noise = Noise(), sparse: SparsePoints, use_forces: bool = True,
             energy_key: str = "energy", forces_key: str = "force") -> GPRModel:
     """Fit the built-in sparse GPR on ``frames`` with the given sparse points.
 
@@ -405,8 +315,8 @@ def fit_gpr(frames: Sequence[Atoms], labels: Labels | None = None, *, soap: SOAP
         Training frames (labels read by :func:`read_labels` unless ``labels`` given).
     sparse : SparsePoints
         Sparse points (e.g. of a design record's pool).
-    info_model : InformationModel, optional
-        When it offers ``observation_rows`` (force/virial rows) those rows are used.
+    use_forces : bool
+        Fit force labels too (when the labels have them).
     """
     if labels is None:
         labels = read_labels(frames, energy_key=energy_key, forces_key=forces_key)
@@ -414,15 +324,12 @@ def fit_gpr(frames: Sequence[Atoms], labels: Labels | None = None, *, soap: SOAP
     if soap.species is None:
         soap = soap.with_species(sparse.species)
     t0 = time.perf_counter()
-    K = sparse.kernel_matrix(kernel)
-    L, jitter = cholesky_with_jitter(K)
-    if info_model is not None and hasattr(info_model, "observation_rows") and np.allclose(info_model.L, L):
-        obs = ("energy", "forces") if use_forces else ("energy",)
-        rows = rows_from_observation_model(info_model, frames, obs)
-    else:
-        rows = frame_rows(frames, soap, kernel, sparse, L, forces=use_forces)
-    beta, e0 = fit_from_rows(rows, labels, noise=noise, use_forces=use_forces)
+    L, jitter = cholesky_with_jitter(sparse.kernel_matrix(kernel))
     obs = ("energy", "forces") if use_forces else ("energy",)
+    rows = [r for _, r in iter_observation_rows(make_descriptor(soap), list(frames), sparse=sparse, kernel=kernel,
+                                                L=L, noise=noise, observations=obs,
+                                                config_types=labels.config_types)]
+    beta, e0 = fit_from_rows(rows, labels)
     return GPRModel(soap, kernel, noise, sparse, L, beta, e0, jitter, obs,
                     {"n_train": len(frames), "fit_seconds": round(time.perf_counter() - t0, 3)})
 
@@ -644,20 +551,30 @@ def parity_plot(prediction: Prediction, labels: Labels, path, *, title: str = ""
 # ---------------------------------------------------------------------------
 # engine agreement (built-in vs gap_fit)
 # ---------------------------------------------------------------------------
-def quippy_soap_vectors(frames: Sequence[Atoms], soap: SOAP) -> list[dict]:
-    """quippy's (GAP's own) unit SOAP vectors per frame: ``{z: (n_z, D)}`` in atom order."""
+def quippy_soap_descriptors(frames: Sequence[Atoms], soap: SOAP) -> AtomicDescriptors:
+    """quippy's (GAP's own) unit SOAP vectors of ``frames`` in the descriptor container.
+
+    The same container as featomic's, so the model layer computes the rows on them.
+    """
     from quippy.descriptors import Descriptor
 
     species = " ".join(str(z) for z in soap.species)
-    out = [dict() for _ in frames]
+    blocks = {}
     for z in soap.species:
         d = Descriptor(f"soap cutoff={soap.cutoff} cutoff_transition_width={soap.cutoff_transition_width} "
                        f"n_max={soap.n_max} l_max={soap.l_max} atom_sigma={soap.atom_sigma} "
                        f"n_species={len(soap.species)} species_Z={{{species}}} Z={z}")
+        values, frame, atom = [], [], []
         for k, atoms in enumerate(frames):
-            if np.any(atoms.numbers == z):
-                out[k][z] = np.asarray(d.calc(atoms)["data"], dtype=np.float64)
-    return out
+            where = np.flatnonzero(atoms.numbers == z)
+            if len(where):
+                values.append(np.asarray(d.calc(atoms)["data"], dtype=np.float64))
+                frame.append(np.full(len(where), k))
+                atom.append(where)
+        if values:
+            X = np.concatenate(values)
+            blocks[int(z)] = SpeciesBlock(X, np.linalg.norm(X, axis=1), np.concatenate(frame), np.concatenate(atom))
+    return AtomicDescriptors(blocks, len(frames))
 
 
 def compare_engines(train: Sequence[Atoms], test: Sequence[Atoms], *, soap: SOAP, kernel: Kernel = Kernel(),
@@ -697,23 +614,23 @@ def compare_engines(train: Sequence[Atoms], test: Sequence[Atoms], *, soap: SOAP
         res["featomic_vs_gap_fit_force"] = float(np.sqrt(np.mean(np.concatenate(
             [(a - b).ravel() for a, b in zip(po.forces, pg.forces)]) ** 2)))
     # (2) identical descriptors: quippy SOAP in the built-in solver, energies only
-    qtrain, qtest = quippy_soap_vectors(train, soap), quippy_soap_vectors(test, soap)
-    Zs = {z: np.array([qtrain[f][z][int(np.sum(train[f].numbers[:a] == z))] for f, a in sparse.locations[z]])
-          for z in sparse.species}
+    qtrain, qtest = quippy_soap_descriptors(train, soap), quippy_soap_descriptors(test, soap)
+
+    def vector_at(f, a):
+        block = qtrain.blocks[int(train[f].numbers[a])]
+        return block.values[np.flatnonzero((block.frame == f) & (block.atom == a))[0]]
+
+    Zs = {z: np.array([vector_at(f, a) for f, a in sparse.locations[z]]) for z in sparse.species}
     qsparse = SparsePoints(sparse.species, Zs, sparse.locations, [])
     L, _ = cholesky_with_jitter(qsparse.kernel_matrix(kernel))
-    cols = qsparse.slices()
 
-    def rows(q):
-        phi = np.zeros((len(q), qsparse.n_points))
-        for k, blocks in enumerate(q):
-            for z, X in blocks.items():
-                phi[k, cols[z]] = kernel(X, Zs[z]).sum(axis=0)
-        return [{"energy": r} for r in scipy.linalg.solve_triangular(L, phi.T, lower=True).T]
+    def rows(desc, frames):
+        psi = whiten(L, chunk_energy_rows(desc, qsparse, kernel))
+        return [observation_block(noise, len(a), a.info.get("config_type"), p) for a, p in zip(frames, psi)]
 
     energy_only = Labels(train_labels.energy, None, train_labels.n_atoms, train_labels.config_types)
-    beta, e0 = fit_from_rows(rows(qtrain), energy_only, noise=noise, use_forces=False)
-    pq = np.array([r["energy"] @ beta for r in rows(qtest)]) + e0 * n
+    beta, e0 = fit_from_rows(rows(qtrain, train), energy_only)
+    pq = np.array([r.psi[0] @ beta for r in rows(qtest, test)]) + e0 * n
     gap_e = fit_gap_fit(train, energy_only, soap=soap, kernel=kernel, noise=noise, sparse_frames=train,
                         sparse_locations=locs, output=Path(output) / "gap_fit_e", use_forces=False)
     pge = gap_e.predict(test, forces=False).energy

@@ -1,4 +1,4 @@
-"""Resumable on-disk store of whitened energy rows, bounded memory and Dask (issue 7).
+"""Resumable on-disk store of whitened energy rows, bounded memory and Dask.
 
 :func:`build_model_stored` is :func:`mlipdoe.model.gap_featomic.build_model` for pools of
 10^5–10^6 frames. It streams the pool in chunks of frames and keeps on disk, under
@@ -61,19 +61,20 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import scipy.linalg
 from ase import Atoms
 
 from .descriptors import SOAP, make_descriptor
 from .exceptions import ConfigurationError, InputError, StoreMismatchError
 from .hypers import Noise
 from .model import DescriptorSource, InformationModel, resolve_species
+from .model.gap_featomic import chunk_energy_rows, segment_sums
 from .model.kernels import (
     Kernel,
     SparsePoints,
     cholesky_with_jitter,
     choose_sparse_points,
 )
+from .model.rows import whiten
 from .pool import frames_sha256
 from .progress import NULL_PROGRESS, Progress
 
@@ -201,31 +202,12 @@ def _descriptor_for(soap: SOAP):
     return cache[soap]
 
 
-def _power_inplace(dot: np.ndarray, kernel: Kernel) -> np.ndarray:
-    """δ² dot^ζ in place; ζ a power of two by repeated squaring (no temporary copy)."""
-    zeta = float(kernel.zeta)
-    if zeta.is_integer() and zeta >= 1 and (int(zeta) & (int(zeta) - 1)) == 0:
-        for _ in range(int(zeta).bit_length() - 1):
-            np.multiply(dot, dot, out=dot)
-        if kernel.delta != 1.0:
-            dot *= kernel.delta**2
-        return dot
-    return kernel.power(dot)
-
-
-def _segment_sums(values: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Sums of consecutive row segments ``values[s:s+c]`` → (len(starts), cols)."""
-    if len(counts) and np.all(counts == counts[0]) and starts[0] == 0:
-        return values.reshape(len(counts), int(counts[0]), -1).sum(axis=1)
-    return np.stack([values[a:a + c].sum(axis=0) for a, c in zip(starts, counts)])
-
-
 def chunk_rows(frames: Sequence[Atoms], soap: SOAP, sparse: SparsePoints, kernel: Kernel, L: np.ndarray) -> dict:
     """Whitened energy rows and mean-pooled descriptors of one chunk of frames.
 
-    Per species z: K = δ²(X Zᵀ)^ζ (n_env × M_z), then per-frame sums of K's rows (Φ)
-    and of X's rows (pooled) — the maths of :func:`mlipdoe.model.gap_featomic.energy_rows`,
-    with segment sums that are ~20× faster than ``np.add.reduceat`` on these shapes.
+    The rows are the model layer's (:func:`~mlipdoe.model.gap_featomic.chunk_energy_rows`,
+    whitened by :func:`~mlipdoe.model.rows.whiten`); the pooled descriptors are the
+    per-species means of the unit vectors, for the descriptor baselines.
 
     Returns
     -------
@@ -237,41 +219,29 @@ def chunk_rows(frames: Sequence[Atoms], soap: SOAP, sparse: SparsePoints, kernel
     # arrays unpickled on a Dask worker can sit at unaligned addresses, where numpy's
     # matmul skips BLAS and rounds differently: align them (serial results, bit for bit)
     L = np.require(L, requirements="A")
-    vectors = {z: np.require(v, requirements=["A", "C"]) for z, v in sparse.vectors.items()}
     desc = _descriptor_for(soap).compute(list(frames))
     t1 = time.perf_counter()
     n = len(frames)
-    cols = sparse.slices()
-    phi = np.zeros((n, sparse.n_points))
     D = desc.dimension
     species = soap.species
+    psi = whiten(L, chunk_energy_rows(desc, sparse, kernel))
     pooled = np.zeros((n, len(species) * D))
     for k, z in enumerate(species):
         block = desc.blocks.get(z)
         if block is None:
             continue
-        if z not in cols:
-            raise InputError(f"species {z} is not covered by the sparse points (species {list(cols)})")
         present, starts = np.unique(block.frame, return_index=True)  # featomic orders samples by frame
         counts = np.diff(np.append(starts, len(block.frame)))
-        K = _power_inplace(np.require(block.values, requirements="A") @ vectors[z].T, kernel)
-        phi[present, cols[z]] = _segment_sums(K, starts, counts)
-        del K
-        pooled[present, k * D:(k + 1) * D] = _segment_sums(block.values, starts, counts) / counts[:, None]
-    psi = scipy.linalg.solve_triangular(L, phi.T, lower=True).T
+        pooled[present, k * D:(k + 1) * D] = segment_sums(block.values, starts, counts) / counts[:, None]
     t2 = time.perf_counter()
     return {
-        "psi": np.ascontiguousarray(psi),
+        "psi": psi,
         "n_atoms": np.array([len(a) for a in frames], dtype=np.int64),
         "mean_descriptor": pooled,
         "seconds_descriptors": t1 - t0,
         "seconds_rows": t2 - t1,
     }
 
-
-# ---------------------------------------------------------------------------
-# the store
-# ---------------------------------------------------------------------------
 
 def _fsync_replace(tmp: Path, final: Path) -> None:
     fd = os.open(tmp, os.O_RDONLY)

@@ -20,11 +20,11 @@ from typing import Mapping, Sequence
 import numpy as np
 from ase import Atoms
 
-from ..criteria import CRITERIA, make_criterion
+from ..criteria import make_criterion, mean_pooled_descriptors
 from ..descriptors import SOAP
 from ..design import atomic_write_text
 from ..exceptions import ConfigurationError, InputError
-from ..fit import Labels, fit_from_rows, frame_rows, read_labels
+from ..fit import Labels, fit_from_rows, read_labels
 from ..hypers import Noise
 from ..model import build_model
 from ..model.kernels import Kernel
@@ -72,24 +72,6 @@ class BenchmarkResult:
     designs: dict = field(default_factory=dict)
 
 
-def _fps_configurations(psi: np.ndarray, n_atoms: np.ndarray, n: int, seed: int) -> list[int]:
-    """Farthest-point sampling of configurations in kernel distance (fallback when the
-    ``fps`` criterion is not registered): K̂(s,s') from the Nyström rows ψ_s·ψ_s'
-    (spec section 3), d² = 2 − 2K̂; first point drawn from ``seed``."""
-    norms = np.linalg.norm(psi, axis=1)
-    X = psi / norms[:, None]
-    rng = np.random.default_rng(seed)
-    chosen = [int(rng.integers(len(X)))]
-    dist = 2.0 - 2.0 * X @ X[chosen[0]]
-    dist[chosen[0]] = -np.inf
-    for _ in range(n - 1):
-        nxt = int(np.argmax(dist))
-        chosen.append(nxt)
-        np.minimum(dist, 2.0 - 2.0 * X @ X[nxt], out=dist)
-        dist[chosen] = -np.inf
-    return chosen
-
-
 def select_design(strategy: str, model, n: int, *, seed: int = 0, force_model=None, frames=None,
                   vectors=None) -> list[int]:
     """Pool indices of an ``n``-frame design by ``strategy`` (selection order).
@@ -104,39 +86,23 @@ def select_design(strategy: str, model, n: int, *, seed: int = 0, force_model=No
         if force_model is None:
             raise ConfigurationError(f"{strategy}: no force-row information model available")
         use = force_model
-    if base == "fps" and "fps" not in CRITERIA:
-        return _fps_configurations(model.psi, model.n_atoms, n, seed)
-    if base not in CRITERIA:
-        raise ConfigurationError(f"criterion {base!r} is not available (have {', '.join(CRITERIA)})")
-    try:
-        crit = make_criterion(base, lenient=True, frames=frames, vectors=vectors)
-    except TypeError:                       # registry without lenient options
-        crit = make_criterion(base)
+    crit = make_criterion(base, lenient=True, frames=frames, vectors=vectors)
     crit.initialize(use, seed=seed)
     run = greedy(crit, n, available=np.ones(use.n_frames, dtype=bool))
     return list(run.selected)
 
 
 def _rows(model, frames, use_forces: bool):
-    """Whitened rows per frame: issue 4's observation_rows when present, else fit.frame_rows."""
-    if not use_forces:
-        psi = model.rows_for(frames)
-        return [{"energy": p, "forces": None} for p in psi]
-    if hasattr(model, "observation_rows"):
-        out = []
-        for blk in model.observation_rows(frames, observations=("energy", "forces")):
-            kind = np.asarray(blk.kind)
-            out.append({"energy": blk.psi[0], "forces": blk.psi[kind == "force"]})
-        return out
-    return frame_rows(frames, model.soap, model.kernel, model.sparse, model.L, forces=True)
+    """The model layer's whitened rows of each frame (energy, and forces when fitted)."""
+    return model.observation_rows(frames, observations=("energy", "forces") if use_forces else ("energy",))
 
 
 def _errors(rows, beta, e0, labels: Labels, use_forces: bool) -> dict:
-    pred = np.array([r["energy"] @ beta for r in rows]) + e0 * labels.n_atoms
+    pred = np.array([r.psi[0] @ beta for r in rows]) + e0 * labels.n_atoms
     de = (pred - labels.energy) / labels.n_atoms
     out = {"energy_rmse": float(np.sqrt(np.mean(de**2))), "energy_mae": float(np.mean(np.abs(de)))}
     if use_forces and labels.forces is not None:
-        d = np.concatenate([r["forces"] @ beta - f.reshape(-1) for r, f in zip(rows, labels.forces)])
+        d = np.concatenate([r.psi[r.kind == "force"] @ beta - f.reshape(-1) for r, f in zip(rows, labels.forces)])
         out["force_rmse"] = float(np.sqrt(np.mean(d**2)))
         out["force_mae"] = float(np.mean(np.abs(d)))
     else:
@@ -194,13 +160,8 @@ def run_benchmark(pool: Sequence[Atoms], test_sets: Mapping[str, Sequence[Atoms]
     log(f"rows of pool and test sets ({timings['rows']:.1f} s)")
 
     vectors = None
-    if any(s in ("fps", "cur") for s in config.strategies) and "fps" in CRITERIA:
-        try:
-            from ..criteria import mean_pooled_descriptors
-
-            vectors = mean_pooled_descriptors(vault.frames, model.soap)
-        except ImportError:
-            pass
+    if any(s in ("fps", "cur") for s in config.strategies):
+        vectors = mean_pooled_descriptors(vault.frames, model.soap)
     designs: list[tuple[str, int, list[int], float]] = []
     for strategy in config.strategies:
         seeds = range(config.n_random) if strategy == "random" else [config.seed]
@@ -227,8 +188,7 @@ def run_benchmark(pool: Sequence[Atoms], test_sets: Mapping[str, Sequence[Atoms]
             design = vault.freeze(strategy, order[:n])          # design fixed before labels are read
             labels = vault.labels(design)
             tf = time.perf_counter()
-            beta, e0 = fit_from_rows([pool_rows[i] for i in design.selected], labels, noise=config.noise,
-                                     use_forces=use_forces)
+            beta, e0 = fit_from_rows([pool_rows[i] for i in design.selected], labels)
             fit_seconds = time.perf_counter() - tf
             for name in test_sets:
                 err = _errors(test_rows[name], beta, e0, test_labels[name], use_forces)

@@ -1,26 +1,43 @@
-"""Rows Φ, the information matrix F(S) and its incremental updates (spec sections 1-5).
+"""The GAP model on featomic SOAP: the one owner of its kernel rows (spec sections 1-5).
 
-Everything is held in *whitened* coordinates: with K_MM = L Lᵀ and Ψ = Φ L⁻ᵀ,
+For a frame s with per-atom unit SOAP vectors x_i = p_i / |p_i| and sparse points z_m,
 
-    F̃(S) = I + Σ_{s∈S} W_sᵀ W_s,     W_s = Λ_s^{-1/2} Ψ_s  (r_s × M),
+    energy   φ_m        = Σ_i k(x_i, z_m),                         k(x, z) = δ² (x·z)^ζ
+    local    ℓ_i,m      = k(x_i, z_m)                               (Σ_i ℓ_i = φ)
+    force    ψ_(j,a),m  = −Σ_i ∂k(x_i, z_m)/∂r_{j,a}
+    virial   ψ_ab,m     = −Σ_i ∂k(x_i, z_m)/∂ε_ab                   (symmetrised, Voigt order)
 
-and log det F̃(S) = log det F(S) − log det K_MM. F̃ has all eigenvalues ≥ 1, so its
-Woodbury updates are well conditioned; K_MM is never inverted.
+The chain rule goes through featomic's analytic gradients of the *raw* power spectrum
+p_i, the per-atom normalisation and the kernel power:
 
-Each frame s contributes a *factor* W_s. With energy observations W_s is the single
-row ψ_s / (σ_E √n_s). With forces (and virials) W_s is a compressed factor of the
-frame's 1 + 3n (+ 6) scaled rows, W_sᵀW_s = Ψ_sᵀ Λ_s⁻¹ Ψ_s exactly (see :mod:`.rows`
-and docs/forces.md); the state and the criteria work on any block of rows.
+    dx_i = (I − x_i x_iᵀ) dp_i / |p_i|
+    dk   = δ² ζ (x_i·z)^{ζ−1} z·dx_i
+         = δ² ζ (x_i·z)^{ζ−1} (z·dp_i − (x_i·z)(x_i·dp_i)) / |p_i|.
+
+Strain gradients are featomic's ∂p/∂ε_ab for positions and cell deformed by (I + ε);
+the virial W_ab = −∂E/∂ε_ab is the symmetric part of the 3×3 matrix
+(gap_fit/ASE convention: W = −V σ), reported as six rows (xx, yy, zz, yz, xz, xy).
+
+Everything downstream is held in *whitened* coordinates (:mod:`.rows`): with K_MM = L Lᵀ
+and Ψ = Φ L⁻ᵀ, F̃(S) = I + Σ_{s∈S} W_sᵀ W_s, W_s = Λ_s^{-1/2} Ψ_s, and
+log det F̃(S) = log det F(S) − log det K_MM. Each pool frame contributes a *factor* W_s:
+its scaled energy row, or with forces (and virials) a compressed factor of its
+1 + 3n (+ 6) scaled rows with W_sᵀW_s = Ψ_sᵀ Λ_s⁻¹ Ψ_s exactly (docs/forces.md).
+
+No other module computes a kernel row: the store, the built-in fit, assessment and
+grading call the functions here (:func:`chunk_energy_rows`, :func:`chunk_local_rows`,
+:func:`kernel_gradient_rows`, :func:`iter_observation_rows`).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import scipy.linalg
+import scipy.sparse
 from ase import Atoms
 
 from ..descriptors import SOAP, iter_descriptors, make_descriptor
@@ -28,14 +45,12 @@ from ..exceptions import ConfigurationError, InputError
 from ..hypers import Noise
 from ..progress import NULL_PROGRESS, Progress
 from .kernels import Kernel, SparsePoints, cholesky_with_jitter, choose_sparse_points
-from .rows import (
-    DEFAULT_GRADIENT_CHUNK_ATOMS,
-    ObservationRows,
-    force_moment,
-    iter_observation_rows,
-)
+from .rows import _VOIGT_PAIRS, ObservationRows, force_moment, whiten
 
 OBSERVABLES = ("energy", "forces", "virials")
+
+#: Atoms per featomic call in the gradient pass (gradients are ~50 neighbours × 3 × D per atom).
+DEFAULT_GRADIENT_CHUNK_ATOMS = 1000
 
 
 class DescriptorSource:
@@ -80,22 +95,211 @@ class DescriptorSource:
             self._complete = True
 
 
-def energy_rows(source, sparse: SparsePoints, kernel: Kernel, n_frames: int) -> np.ndarray:
-    """Energy rows φ_s = Σ_{i∈s} k(x_i, Z), shape (n_frames, M), streamed by chunk.
+def check_species(frames: Sequence[Atoms], species, *, what: str = "frame") -> None:
+    """Refuse frames with a species that has no sparse points (its rows would be 0)."""
+    covered = {int(z) for z in species}
+    for k, atoms in enumerate(frames):
+        extra = set(np.unique(atoms.numbers).tolist()) - covered
+        if extra:
+            raise InputError(f"{what} {k} contains species {sorted(extra)} not covered by the sparse points "
+                             f"(species {sorted(covered)})")
 
-    Only the (n_env_chunk × M_z) kernel block of one chunk and species exists at a
-    time; the atom–atom kernel is never formed.
+
+def segment_sums(values: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Sums of consecutive row segments ``values[s:s+c]`` → (len(starts), cols).
+
+    Equal segments (the common case of one crystal size) are a reshape-sum, ~20× faster
+    than ``np.add.reduceat`` on these shapes.
     """
-    Phi = np.zeros((n_frames, sparse.n_points))
+    if len(counts) and np.all(counts == counts[0]) and starts[0] == 0:
+        return values.reshape(len(counts), int(counts[0]), -1).sum(axis=1)
+    return np.add.reduceat(values, starts, axis=0)
+
+
+def _species_kernel(block, z: int, sparse: SparsePoints, kernel: Kernel, cols: dict) -> np.ndarray:
+    """k(x_i, Z_z) of every environment of species z in a chunk, (n_env, M_z)."""
+    if z not in cols:
+        raise InputError(f"species {z} is not covered by the sparse points (species {list(cols)})")
+    # arrays unpickled on a Dask worker can sit at unaligned addresses, where numpy's matmul
+    # skips BLAS and rounds differently: align them so every path gives the same bits
+    X = np.require(block.values, requirements="A")
+    Z = np.require(sparse.vectors[z], requirements=["A", "C"])
+    return kernel.power(X @ Z.T)
+
+
+def chunk_energy_rows(desc, sparse: SparsePoints, kernel: Kernel) -> np.ndarray:
+    """Raw energy rows φ_s = Σ_{i∈s} k(x_i, Z) of one descriptor chunk, (n_frames, M).
+
+    Only the (n_env × M_z) kernel block of one species exists at a time; the atom–atom
+    kernel is never formed. featomic orders samples by frame, so frame sums are segment sums.
+    """
     cols = sparse.slices()
+    phi = np.zeros((desc.n_frames, sparse.n_points))
+    for z, block in desc.blocks.items():
+        K = _species_kernel(block, z, sparse, kernel, cols)
+        present, starts = np.unique(block.frame, return_index=True)
+        counts = np.diff(np.append(starts, len(block.frame)))
+        phi[present, cols[z]] = segment_sums(K, starts, counts)
+    return phi
+
+
+def chunk_local_rows(desc, sparse: SparsePoints, kernel: Kernel, n_atoms: Sequence[int]) -> list[np.ndarray]:
+    """Raw local rows ℓ_i = k(x_i, Z) of every atom of one chunk: per frame (n_atoms, M)."""
+    cols = sparse.slices()
+    out = [np.zeros((int(n), sparse.n_points)) for n in n_atoms]
+    for z, block in desc.blocks.items():
+        K = _species_kernel(block, z, sparse, kernel, cols)
+        present, starts = np.unique(block.frame, return_index=True)
+        stops = np.append(starts[1:], len(block.frame))
+        for f, a, b in zip(present, starts, stops):
+            out[int(f)][block.atom[a:b], cols[z]] = K[a:b]
+    return out
+
+
+def energy_rows(source, sparse: SparsePoints, kernel: Kernel, n_frames: int) -> np.ndarray:
+    """Raw energy rows Φ (n_frames, M) of a chunk source ``() -> iter of (first, desc)``."""
+    Phi = np.zeros((n_frames, sparse.n_points))
     for first, desc in source():
-        for z, block in desc.blocks.items():
-            if z not in cols:
-                raise InputError(f"species {z} is not covered by the sparse points (species {list(cols)})")
-            K = kernel(block.values, sparse.vectors[z])
-            frames, starts = np.unique(block.frame, return_index=True)
-            Phi[first + frames, cols[z]] += np.add.reduceat(K, starts, axis=0)
+        Phi[first : first + desc.n_frames] = chunk_energy_rows(desc, sparse, kernel)
     return Phi
+
+
+def kernel_gradient_rows(desc, sparse, kernel, n_atoms: Sequence[int], *, positions: bool = True,
+                         strain: bool = False):
+    """Raw (un-whitened) force and virial rows of every frame of one descriptor chunk.
+
+    Parameters
+    ----------
+    desc : AtomicDescriptors
+        One chunk, computed with the needed gradients (``"positions"``, ``"strain"``).
+    sparse : SparsePoints
+    kernel : Kernel
+    n_atoms : (n_frames,) ints
+        Atoms per frame of the chunk.
+
+    Returns
+    -------
+    forces : (Σ n_atoms * 3, M) array or None
+        −Σ_i ∂k(x_i, Z)/∂r_{j,a}, frame-major then atom-major then x, y, z.
+    virials : (n_frames * 6, M) array or None
+        −Σ_i ∂k(x_i, Z)/∂ε_ab, symmetrised, Voigt order per frame.
+    """
+    n_atoms = np.asarray(n_atoms, dtype=np.int64)
+    n_frames = len(n_atoms)
+    offsets = np.concatenate([[0], np.cumsum(n_atoms)])
+    M = sparse.n_points
+    cols = sparse.slices()
+    forces = np.zeros((offsets[-1] * 3, M)) if positions else None
+    strain_full = np.zeros((n_frames, 3, 3, M)) if strain else None
+    zeta, d2 = float(kernel.zeta), kernel.delta**2
+    for z, block in desc.blocks.items():
+        if z not in cols:
+            raise InputError(f"species {z} is not covered by the sparse points (species {list(cols)})")
+        Z = sparse.vectors[z]
+        x = block.values
+        dots = x @ Z.T  # (n_env, M_z)
+        # dk/dp = A ⊙ (z·dp − (x·z)(x·dp)),  A = δ² ζ (x·z)^{ζ−1} / |p|
+        A = d2 * zeta * (dots ** (zeta - 1.0) if zeta != 1 else np.ones_like(dots)) / block.norms[:, None]
+        Mz = Z.shape[0]
+        if positions:
+            G, samples = block.gradients["positions"]
+            row, frame, atom = samples[:, 0], samples[:, 1], samples[:, 2]
+            D = G.shape[-1]
+            dk = (G.reshape(-1, D) @ Z.T).reshape(-1, 3, Mz)
+            gx = np.einsum("gcd,gd->gc", G, x[row])
+            dk -= gx[:, :, None] * dots[row][:, None, :]
+            dk *= A[row][:, None, :]
+            target = offsets[frame] + atom  # global atom index in the chunk
+            # sum over centres i of the samples moving the same atom j (sparse scatter-add)
+            S = scipy.sparse.csr_matrix((np.ones(len(target)), (target, np.arange(len(target)))),
+                                        shape=(offsets[-1], len(target)))
+            forces[:, cols[z]] -= (S @ dk.reshape(len(target), 3 * Mz)).reshape(-1, Mz)
+        if strain:
+            G, samples = block.gradients["strain"]
+            row = samples[:, 0]
+            D = G.shape[-1]
+            dk = (G.reshape(-1, D) @ Z.T).reshape(-1, 3, 3, Mz)
+            gx = np.einsum("gabd,gd->gab", G, x[row])
+            dk -= gx[:, :, :, None] * dots[row][:, None, None, :]
+            dk *= A[row][:, None, None, :]
+            frame_of = block.frame[row]
+            S = scipy.sparse.csr_matrix((np.ones(len(row)), (frame_of, np.arange(len(row)))),
+                                        shape=(n_frames, len(row)))
+            strain_full[:, :, :, cols[z]] -= (S @ dk.reshape(len(row), 9 * Mz)).reshape(n_frames, 3, 3, Mz)
+    virials = None
+    if strain:
+        sym = 0.5 * (strain_full + strain_full.transpose(0, 2, 1, 3))
+        virials = np.stack([sym[:, a, b] for a, b in _VOIGT_PAIRS], axis=1).reshape(n_frames * 6, M)
+    return forces, virials
+
+
+def _atom_chunks(frames: Sequence[Atoms], max_atoms: int) -> Iterator[tuple[int, int]]:
+    """Consecutive ``[start, stop)`` frame ranges holding about ``max_atoms`` atoms each."""
+    start, count = 0, 0
+    for k, atoms in enumerate(frames):
+        if count and count + len(atoms) > max_atoms:
+            yield start, k
+            start, count = k, 0
+        count += len(atoms)
+    if start < len(frames):
+        yield start, len(frames)
+
+
+def observation_block(noise: Noise, n_atoms: int, config_type, energy: np.ndarray, *,
+                      forces: np.ndarray | None = None, virials: np.ndarray | None = None) -> ObservationRows:
+    """One frame's whitened rows in the standard order, with their noise variances.
+
+    ``energy`` (M,), ``forces`` (3n × M) atom-major, ``virials`` (6 × M) Voigt order;
+    variances σ_E² n, σ_F², σ_V² n (``sigma_per_atom``), per ``config_type``.
+    """
+    per_atom = n_atoms if noise.per_atom else 1
+    parts, var, kind = [np.atleast_2d(energy)], [noise.sigma("energy", config_type) ** 2 * per_atom], ["energy"]
+    if forces is not None:
+        parts.append(forces)
+        var += [noise.sigma("force", config_type) ** 2] * len(forces)
+        kind += ["force"] * len(forces)
+    if virials is not None:
+        parts.append(virials)
+        var += [noise.sigma("virial", config_type) ** 2 * per_atom] * len(virials)
+        kind += ["virial"] * len(virials)
+    return ObservationRows(np.concatenate(parts), np.array(var, dtype=float), np.array(kind), int(n_atoms))
+
+
+def iter_observation_rows(descriptor, frames: Sequence[Atoms], *, sparse, kernel, L: np.ndarray, noise,
+                          observations: Sequence[str], config_types: Sequence | None = None,
+                          max_atoms: int = DEFAULT_GRADIENT_CHUNK_ATOMS,
+                          progress=None) -> Iterator[tuple[int, ObservationRows]]:
+    """Yield ``(frame_index, ObservationRows)`` for every frame, streamed by atom chunks.
+
+    Descriptor gradients are requested only for the observed kinds (position gradients
+    cost ~20× the values). ``progress`` is an optional ``callable(n_frames, n_atoms)``.
+    """
+    observations = tuple(observations)
+    want_f, want_v = "forces" in observations, "virials" in observations
+    gradients = (["positions"] if want_f else []) + (["strain"] if want_v else [])
+    check_species(frames, sparse.species)
+    for k, atoms in enumerate(frames):
+        if want_v and not np.all(atoms.pbc):
+            raise InputError(f"frame {k} is not periodic in all directions: virials need a full cell "
+                             "(drop 'virials' from the observations)")
+    for start, stop in _atom_chunks(frames, max_atoms):
+        chunk = frames[start:stop]
+        desc = descriptor.compute(chunk, gradients=gradients)
+        n_atoms = np.array([len(a) for a in chunk], dtype=np.int64)
+        forces, virials = kernel_gradient_rows(desc, sparse, kernel, n_atoms, positions=want_f, strain=want_v)
+        psi_e = whiten(L, chunk_energy_rows(desc, sparse, kernel))
+        psi_f = whiten(L, forces) if want_f else None
+        psi_v = whiten(L, virials) if want_v else None
+        offsets = np.concatenate([[0], np.cumsum(n_atoms) * 3])
+        for local, atoms in enumerate(chunk):
+            index = start + local
+            ct = config_types[index] if config_types is not None else atoms.info.get("config_type")
+            yield index, observation_block(
+                noise, int(n_atoms[local]), ct, psi_e[local],
+                forces=psi_f[offsets[local] : offsets[local + 1]] if want_f else None,
+                virials=psi_v[6 * local : 6 * local + 6] if want_v else None)
+        if progress is not None:
+            progress(len(chunk), int(n_atoms.sum()))
 
 
 @dataclass
@@ -159,7 +363,7 @@ class InformationModel:
 
     def whiten(self, phi: np.ndarray) -> np.ndarray:
         """Ψ = Φ L⁻ᵀ by a triangular solve (never an inverse)."""
-        return np.ascontiguousarray(scipy.linalg.solve_triangular(self.L, np.atleast_2d(phi).T, lower=True).T)
+        return whiten(self.L, phi)
 
     def factor(self, index: int) -> np.ndarray:
         """W_s of pool frame ``index``: the (r_s × M) block it adds to F̃.
@@ -197,20 +401,25 @@ class InformationModel:
     # -- other frames (targets, existing training sets) --------------------
     def rows_for(self, frames: Sequence[Atoms], *, chunk_size: int = 100) -> np.ndarray:
         """Whitened energy rows of frames outside the pool, (len(frames), M)."""
-        self._check_species(frames)
+        check_species(frames, self.sparse.species)
         descriptor = make_descriptor(self.soap)
         source = lambda: iter_descriptors(descriptor, frames, chunk_size=chunk_size)  # noqa: E731
         return self.whiten(energy_rows(source, self.sparse, self.kernel, len(frames)))
 
-    def _check_species(self, frames: Sequence[Atoms]) -> None:
-        species = set(self.sparse.species)
-        for k, atoms in enumerate(frames):
-            extra = set(np.unique(atoms.numbers).tolist()) - species
-            if extra:
-                raise InputError(
-                    f"frame {k} contains species {sorted(extra)} not covered by the sparse points "
-                    f"(species {sorted(species)})"
-                )
+    def local_rows(self, frames: Sequence[Atoms], *, chunk_size: int = 100) -> list[np.ndarray]:
+        """Whitened local rows ℓ_i = L⁻¹ k(x_i, Z) of every atom, one (n_atoms, M) array per frame.
+
+        Σ_i ℓ_i is the frame's whitened energy row ψ_s; ℓ_iᵀ C ℓ_i is the variance of the
+        local energy of atom i.
+        """
+        frames = list(frames)
+        check_species(frames, self.sparse.species)
+        descriptor = make_descriptor(self.soap)
+        out: list = []
+        for first, desc in iter_descriptors(descriptor, frames, chunk_size=chunk_size):
+            n_atoms = [len(a) for a in frames[first : first + desc.n_frames]]
+            out += [self.whiten(r) for r in chunk_local_rows(desc, self.sparse, self.kernel, n_atoms)]
+        return out
 
     def iter_observation_rows(self, frames: Sequence[Atoms], *, observations: Sequence[str] | None = None,
                               config_types: Sequence | None = None, progress=None):
@@ -221,7 +430,6 @@ class InformationModel:
             raise ConfigurationError(f"observations must include energy and be among {OBSERVABLES}, got {observations}")
         if config_types is not None and len(config_types) != len(frames):
             raise InputError(f"config_types has {len(config_types)} entries for {len(frames)} frames")
-        self._check_species(frames)
         descriptor = make_descriptor(self.soap)
         return iter_observation_rows(descriptor, frames, sparse=self.sparse, kernel=self.kernel, L=self.L,
                                      noise=self.noise, observations=observations, config_types=config_types,
@@ -366,7 +574,7 @@ def build_model(
     timings["kernel_matrix"] = time.perf_counter() - t1
     t2 = time.perf_counter()
     phi = energy_rows(source, sparse, kernel, len(frames))
-    psi = np.ascontiguousarray(scipy.linalg.solve_triangular(L, phi.T, lower=True).T)
+    psi = whiten(L, phi)
     timings["rows"] = time.perf_counter() - t2 - (source.seconds - desc_before_rows)
     timings["descriptors"] = source.seconds
     n_atoms = np.array([len(a) for a in frames], dtype=np.int64)

@@ -39,10 +39,17 @@ class Kernel:
         return self.power(K)
 
     def power(self, dot: np.ndarray) -> np.ndarray:
-        """δ² dot^ζ, in place on ``dot`` (integer ζ uses repeated products)."""
-        zeta = self.zeta
-        if float(zeta).is_integer() and 1 <= zeta <= 8:
-            base = dot.copy() if zeta > 1 else dot
+        """δ² dot^ζ, in place on ``dot``.
+
+        ζ a power of two: repeated squaring, no temporary; other integer ζ ≤ 8: repeated
+        products; otherwise ``np.power``.
+        """
+        zeta = float(self.zeta)
+        if zeta.is_integer() and (int(zeta) & (int(zeta) - 1)) == 0:
+            for _ in range(int(zeta).bit_length() - 1):
+                np.multiply(dot, dot, out=dot)
+        elif zeta.is_integer() and zeta <= 8:
+            base = dot.copy()
             for _ in range(int(zeta) - 1):
                 dot *= base
         else:
