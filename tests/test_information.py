@@ -1,4 +1,6 @@
-"""Information model with force/virial rows: Loewner order, block gains, Woodbury, force variance.
+"""Information model with force/virial rows: Loewner order, d gains of force blocks, force variance.
+
+The information state itself (block gains, additions, removals) is tested in test_state.py.
 
 Force-specific tests are named ``test_force_*``.
 """
@@ -13,7 +15,6 @@ from mlipdoe.criteria import make_criterion
 from mlipdoe.exceptions import ConfigurationError
 from mlipdoe.model import build_model
 from mlipdoe.model.rows import mean_force_moment
-from mlipdoe.state import InformationState
 
 OBS_EFV = ("energy", "forces", "virials")
 
@@ -41,35 +42,6 @@ def test_force_rows_only_add_information_loewner_order(energy_and_force_models):
         assert np.linalg.eigvalsh(Ff - Fe).max() > 0
         assert len(Wf) <= min(1 + 3 * len(frames[s]), forces.M)
         assert len(Wv) <= min(1 + 3 * len(frames[s]) + 6, full.M)
-
-
-def test_force_block_gain_equals_slogdet_increment(energy_and_force_models):
-    frames, _, _, full = energy_and_force_models
-    state = InformationState(full.M)
-    chosen: list[int] = []
-    for s in [3, 0, 7, 11]:
-        for c in range(len(frames)):
-            expected = full.d_value(chosen + [c]) - full.d_value(chosen)
-            assert state.gain(full.factor(c)) == pytest.approx(expected, rel=1e-9, abs=1e-9)
-        delta, _, _ = state.update(full.factor(s), +1)
-        chosen.append(s)
-        assert state.log_det == pytest.approx(full.d_value(chosen), rel=1e-10)
-
-
-def test_force_woodbury_add_and_remove_match_from_scratch(energy_and_force_models):
-    frames, _, forces, _ = energy_and_force_models
-    state = InformationState(forces.M)
-    for s in [1, 4, 5, 9]:
-        state.update(forces.factor(s), +1)
-    delta, _, _ = state.update(forces.factor(4), -1)
-    remaining = [1, 5, 9]
-    F = forces.information(remaining)
-    np.testing.assert_allclose(state.F, F, rtol=1e-12, atol=1e-9)
-    C = np.linalg.inv(F)
-    # a downdate loses ~cond(F̃)·eps relative accuracy in C (cond ≈ 1e7 here)
-    assert np.abs(state.C - C).max() <= 1e-6 * np.abs(C).max()
-    assert state.log_det == pytest.approx(np.linalg.slogdet(F)[1], rel=1e-10)
-    assert delta == pytest.approx(np.linalg.slogdet(F)[1] - forces.d_value([1, 4, 5, 9]), rel=1e-9)
 
 
 def test_force_d_criterion_gains_are_block_gains(energy_and_force_models):
@@ -126,23 +98,3 @@ def test_force_observations_must_include_energy(cuni_pool):
         build_model(cuni_pool[:3], soap=SMALL_SOAP, n_sparse=5, observations=("forces",))
     with pytest.raises(ConfigurationError, match="must include energy"):
         build_model(cuni_pool[:3], soap=SMALL_SOAP, n_sparse=5, observations=("energy", "stress"))
-
-
-def test_woodbury_removal_of_energy_rows_lowers_log_det(energy_and_force_models):
-    frames, energy, _, _ = energy_and_force_models
-    state = InformationState(energy.M)
-    for s in [0, 3, 8]:
-        state.update(energy.factor(s), +1)
-    delta, _, _ = state.update(energy.factor(3), -1)
-    assert delta == pytest.approx(energy.d_value([0, 8]) - energy.d_value([0, 3, 8]), rel=1e-8)
-    assert delta < 0
-    assert state.log_det == pytest.approx(energy.d_value([0, 8]), rel=1e-10)
-
-
-def test_force_batched_block_gains_equal_single_gains(energy_and_force_models):
-    frames, energy, forces, full = energy_and_force_models
-    state = InformationState(full.M)
-    state.update(full.factor(4), +1)
-    blocks = [full.factor(s) for s in range(len(frames))] + [energy.factor(0)]
-    single = [state.gain(W) for W in blocks]
-    np.testing.assert_allclose(state.block_gains(blocks, batch=5), single, rtol=1e-10, atol=1e-10)

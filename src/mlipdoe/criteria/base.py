@@ -112,8 +112,8 @@ class Criterion(ABC):
 
     Optimizers may also use :meth:`snapshot`/:meth:`restore` (undo a trial move),
     :meth:`reset` (back to the fixed frames only), :meth:`refresh` (rebuild the state
-    from scratch, against round-off drift) and :meth:`tie_break` (a secondary score for
-    exactly tied gains).
+    from scratch, against round-off drift), :meth:`prepare_removals` (before trial
+    removals) and :meth:`tie_break` (a secondary score for exactly tied gains).
     """
 
     name: str = ""
@@ -149,6 +149,9 @@ class Criterion(ABC):
     def tie_break(self, candidates: np.ndarray) -> np.ndarray | None:
         """Secondary score (larger wins) among candidates with tied gains, or None."""
         return None
+
+    def prepare_removals(self) -> None:
+        """Called before a series of trial removals (each undone with :meth:`restore`)."""
 
     def snapshot(self) -> dict:
         """Copy of the design-dependent state (see :meth:`restore`)."""
@@ -199,6 +202,11 @@ class InformationCriterion(Criterion):
 
     Constructor option ``existing`` (:class:`ExistingRows`): frames outside the pool
     that enter F̃ before the fixed pool frames and are never removed.
+
+    The numerics of adding and removing a frame, stability included, belong to
+    :class:`~mlipdoe.state.InformationState`: ``_update`` of each criterion applies the
+    block to the state and derives its own change from what ``state.update`` returns
+    (U = C_out Wᵀ, K = (I + W U)⁻¹ with C_with = C_out − U K Uᵀ), never from I − W C Wᵀ.
     """
 
     _state_attrs = ("members", "state")
@@ -222,16 +230,6 @@ class InformationCriterion(Criterion):
         for f in self.fixed:
             self.state.update(model.factor(f), +1)
 
-    #: Removing a block W whose λ_min(I − W C Wᵀ) is below this rebuilds the state from
-    #: scratch instead of downdating: the Woodbury downdate divides by 1 − leverage and
-    #: loses ~log10(1/(1 − leverage)) digits (energy rows with σ_E = 1 meV reach 1e-8).
-    downdate_min = 1e-3
-
-    def _unstable_downdate(self, W: np.ndarray) -> bool:
-        W = np.atleast_2d(W)
-        S = np.eye(len(W)) - W @ self.state.C @ W.T
-        return float(np.linalg.eigvalsh(0.5 * (S + S.T))[0]) < self.downdate_min
-
     def _update(self, index: int, sign: int) -> float:
         """Add (+1) or remove (−1) frame ``index`` from the state; returns Δ value."""
         raise NotImplementedError
@@ -242,18 +240,13 @@ class InformationCriterion(Criterion):
         return delta
 
     def remove(self, index: int) -> float:
+        """Remove a member through the state's stable downdate (O(M² r), no rebuild)."""
         index = self._check_member(index)
-        if self._unstable_downdate(self.model.factor(index)):
-            return self._rebuild_without(index)
         delta = self._update(index, -1)
         self.members.remove(index)
         return delta
 
-    def _rebuild_without(self, index: int) -> float:
-        """Remove ``index`` by rebuilding fixed + remaining members from scratch."""
-        before = self.value()
-        members = [m for m in self.members if m != index]
-        self.reset()
-        for m in members:
-            self.add(m)
-        return self.value() - before
+    def prepare_removals(self) -> None:
+        """Build the state's Cholesky factor now, so that trial removals undone with
+        :meth:`restore` do not each build it again."""
+        self.state.factor()

@@ -16,8 +16,10 @@ class DOptimal(InformationCriterion):
     (matrix determinant lemma; energy-only: log(1 + q_s), q_s = w_sᵀ C w_s).
 
     Incremental update, energy-only (single-row factors): every add or remove of a frame
-    w* changes C by a rank-one term, C ← C − c_j u_j u_jᵀ with u_j = C w*, c_j = ±1/(1 ± w*ᵀu_j)
-    (Sherman–Morrison), so q_s ← q_s − c_j (w_sᵀ u_j)². These updates are *deferred*: the
+    w* changes C by a rank-one term, C ← C − c_j u_j u_jᵀ with u_j = C_out w* (C_out: the
+    covariance without w*, before an add, after a remove) and c_j = ±1/(1 + w*ᵀu_j)
+    (Sherman–Morrison, as returned by :meth:`InformationState.update`; no 1 − leverage
+    division), so q_s ← q_s − c_j (w_sᵀ u_j)². These updates are *deferred*: the
     criterion keeps q_s with a stamp (the number of updates it has seen) and the scaled
     vectors v_j = √|c_j| u_j, and brings a frame's q_s up to date only when its gain is
     asked for, with one matrix product of its row against the v_j it missed. Asking for
@@ -134,9 +136,10 @@ class DOptimal(InformationCriterion):
         return self.state.block_gains([self.model.factor(int(c)) for c in candidates])
 
     def _update(self, index: int, sign: int) -> float:
-        delta, U, S_inv = self.state.update(self.model.factor(index), sign)
+        # C_with = C_out − K u uᵀ: adding, C loses K u uᵀ (c = K); removing, it gains it (c = −K)
+        delta, U, K = self.state.update(self.model.factor(index), sign)
         if self._rank_one:
-            self._record(U[:, 0], sign * float(S_inv[0, 0]))
+            self._record(U[:, 0], sign * float(K[0, 0]))
         return delta
 
     def snapshot(self) -> dict:

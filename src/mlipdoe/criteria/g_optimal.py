@@ -15,8 +15,9 @@ class GOptimal(InformationCriterion):
     Target: the pool (default) or ``target`` (:class:`TargetRows`).
 
     State: C and the target variances v (T,). Adding a block W (r × M), U = C Wᵀ,
-    S = I + W U: v_t ← v_t − a_tᵀ S⁻¹ a_t / n_t² with a_t = Uᵀ ψ_t (removal: S = I − W U,
-    opposite sign). Energy-only gains of all candidates at once: A = Ψ_T C W_cᵀ
+    K = (I + W U)⁻¹: v_t ← v_t − a_tᵀ K a_t / n_t² with a_t = Uᵀ ψ_t. Removal: the same
+    with the U = C_new Wᵀ and K that :meth:`~mlipdoe.state.InformationState.update`
+    returns (stable at leverages near 1) and the opposite sign. Energy-only gains of all candidates at once: A = Ψ_T C W_cᵀ
     (T × k) and v'_t = v_t − A_tc² / (n_t² (1 + q_c)); gain = max v − max_t v'.
 
     Cost per greedy pick: O(T N M) for the gains (chunks of candidates keep the
@@ -41,19 +42,21 @@ class GOptimal(InformationCriterion):
         self._v = np.einsum("ij,jk,ik->i", self._psi_t, self.state.C, self._psi_t) / self._n2
         return self
 
-    def _variance_drop(self, W: np.ndarray, sign: int = +1) -> np.ndarray:
-        """Change of v (T,) when the block W is added (sign +1) or removed (−1)."""
-        U = self.state.C @ W.T
-        S = np.eye(len(W)) + sign * (W @ U)
+    def _variance_drop(self, U: np.ndarray, K: np.ndarray, sign: int = +1) -> np.ndarray:
+        """Change of v (T,) when C changes by −sign · U K Uᵀ."""
         A = self._psi_t @ U
-        return -sign * np.einsum("ij,ij->i", A @ np.linalg.inv(S), A) / self._n2
+        return -sign * np.einsum("ij,ij->i", A @ K, A) / self._n2
+
+    def _addition_terms(self, W: np.ndarray):
+        U = self.state.C @ W.T
+        return U, np.linalg.inv(np.eye(len(W)) + W @ U)
 
     def gains(self, candidates: np.ndarray) -> np.ndarray:
         candidates = np.asarray(candidates, dtype=np.int64)
         current = float(self._v.max())
         if not self._rank_one:
-            return np.array([current - float((self._v + self._variance_drop(self.model.factor(int(c)))).max())
-                             for c in candidates])
+            return np.array([current - float((self._v + self._variance_drop(
+                *self._addition_terms(np.atleast_2d(self.model.factor(int(c)))))).max()) for c in candidates])
         out = np.empty(len(candidates))
         step = max(1, self.max_block_entries // len(self._v))
         C = self.state.C
@@ -70,9 +73,8 @@ class GOptimal(InformationCriterion):
 
     def _update(self, index: int, sign: int) -> float:
         before = float(self._v.max())
-        W = np.atleast_2d(self.model.factor(index))
-        self._v = self._v + self._variance_drop(W, sign)
-        self.state.update(W, sign)
+        _, U, K = self.state.update(np.atleast_2d(self.model.factor(index)), sign)
+        self._v = self._v + self._variance_drop(U, K, sign)
         return before - float(self._v.max())
 
     def value(self) -> float:

@@ -12,10 +12,12 @@ from .base import InformationCriterion, TargetRows, target_rows
 class TraceCriterion(InformationCriterion):
     """Value −tr(C B) for a fixed positive semi-definite weight matrix B (M × M).
 
-    Gain of adding a block W (r × M): with U = C Wᵀ and S = I_r + W U,
-    C' = C − U S⁻¹ Uᵀ (Woodbury), so Δ = tr(S⁻¹ Uᵀ B U); removing uses S = I − W U
-    and the opposite sign. The value is tracked by these exact increments; C by
-    :class:`~mlipdoe.model.gap_featomic.InformationState` (O(M² r) per add/remove).
+    Gain of adding a block W (r × M): with U = C Wᵀ and K = (I_r + W U)⁻¹,
+    C' = C − U K Uᵀ (Woodbury), so Δ = tr(K Uᵀ B U). Removing uses the U, K that
+    :meth:`~mlipdoe.state.InformationState.update` returns (U = C_new Wᵀ, from the
+    downdated factor) and the opposite sign, so no 1 − leverage division. The value is
+    tracked by these increments; C by :class:`~mlipdoe.state.InformationState`
+    (O(M² r) per add/remove).
 
     Energy-only gains of all candidates at once: P = W_c C (k × M),
     gain_c = (p_c B p_cᵀ) / (1 + p_c·w_c) — two k × M × M products. Cost per greedy
@@ -37,10 +39,10 @@ class TraceCriterion(InformationCriterion):
         self._value = -float(np.sum(self.state.C * self.B))
         return self
 
-    def _block_gain(self, W: np.ndarray, sign: int = +1) -> float:
+    def _block_gain(self, W: np.ndarray) -> float:
         U = self.state.C @ W.T
-        S = np.eye(len(W)) + sign * (W @ U)
-        return sign * float(np.trace(np.linalg.solve(S, U.T @ self.B @ U)))
+        S = np.eye(len(W)) + W @ U
+        return float(np.trace(np.linalg.solve(S, U.T @ self.B @ U)))
 
     def gains(self, candidates: np.ndarray) -> np.ndarray:
         candidates = np.asarray(candidates, dtype=np.int64)
@@ -55,9 +57,8 @@ class TraceCriterion(InformationCriterion):
         return out
 
     def _update(self, index: int, sign: int) -> float:
-        W = np.atleast_2d(self.model.factor(index))
-        delta = self._block_gain(W, sign)
-        self.state.update(W, sign)
+        _, U, K = self.state.update(np.atleast_2d(self.model.factor(index)), sign)
+        delta = sign * float(np.sum(K * (U.T @ self.B @ U)))  # ± tr(K Uᵀ B U), K and UᵀBU symmetric
         self._value += delta
         return delta
 

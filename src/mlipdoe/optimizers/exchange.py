@@ -68,7 +68,10 @@ def exchange(criterion, design: Sequence[int], *, available: np.ndarray, fixed: 
     if it improves the value by more than ``tol · |value|`` (relative, so criteria of
     any scale — d in nats, i in eV²/atom² — are treated alike; ``tol`` itself when the
     value is 0); otherwise (or after ``max_iter`` swaps) the run stops.
-    A pass costs |S| × (one removal + one gains sweep).
+    A pass costs |S| × (one removal + one gains sweep); for the information criteria a
+    trial removal is a downdate of the state's Cholesky factor, O(M² r) (see
+    :class:`~mlipdoe.state.InformationState`), built once per pass by
+    ``criterion.prepare_removals()``.
 
     Parameters
     ----------
@@ -168,6 +171,7 @@ def _local_search(criterion, locked: set, available, max_iter, tol, costs, budge
         if len(candidates) == 0 or not members:
             break
         spent = float(costs[members].sum()) if costs is not None else 0.0
+        criterion.prepare_removals()  # e.g. the Cholesky factor every trial removal downdates
         snap = criterion.snapshot()
         before = float(criterion.value())
         threshold = _threshold(before, tol)
