@@ -110,3 +110,29 @@ def test_uncovered_species_is_refused_by_every_consumer(binary):
         model.local_rows([alien])
     with pytest.raises(InputError, match="species \\[40\\] not covered"):
         model.observation_rows([alien])
+
+
+def test_pool_descriptors_are_computed_once_and_replayed_from_memory_or_disk(zr_pool):
+    from mlipdoe.model import DescriptorSource, energy_rows
+
+    model = build_model(zr_pool, soap=SMALL_SOAP, n_sparse=10)
+    assert model.timings["descriptor_passes"] == 1          # CUR's two passes and the rows replay it
+    descriptor = make_descriptor(model.soap)
+    for limit, spill, passes in ((2e9, True, 1), (0, True, 1), (0, False, 3)):
+        source = DescriptorSource(descriptor, zr_pool, chunk_size=7, cache_limit_bytes=limit, spill=spill)
+        first = energy_rows(source, model.sparse, model.kernel, len(zr_pool))
+        spilled = source.bytes_on_disk
+        for _ in range(2):
+            np.testing.assert_array_equal(energy_rows(source, model.sparse, model.kernel, len(zr_pool)), first)
+        assert source.n_passes == passes
+        assert (spilled > 0) == (limit == 0 and spill)
+        source.close()
+        assert source.bytes_on_disk == 0
+
+
+def test_fewer_sparse_points_than_requested_is_said(zr_pool):
+    few = zr_pool[:2]
+    model = build_model(few, soap=SMALL_SOAP, n_sparse=10 * sum(len(a) for a in few))
+    assert model.M < 10 * sum(len(a) for a in few)
+    assert any(f"{model.M} of the" in note for note in model.notes)
+    assert build_model(zr_pool, soap=SMALL_SOAP, n_sparse=5).notes == []

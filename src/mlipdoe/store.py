@@ -73,6 +73,7 @@ from .model.kernels import (
     SparsePoints,
     cholesky_with_jitter,
     choose_sparse_points,
+    sparse_point_notes,
 )
 from .model.rows import whiten
 from .pool import frames_sha256
@@ -519,7 +520,7 @@ def sample_frames_for_sparse(frames: Sequence[Atoms], n_environments: int, *, se
 
 def choose_sparse_sampled(frames: Sequence[Atoms], descriptor, species, n_sparse, *, method: str, kernel: Kernel,
                           seed: int, n_environments: int, chunk_size: int = 100, cache_limit_bytes: float = 5e8,
-                          dimension: int | None = None, progress: Progress = NULL_PROGRESS) -> SparsePoints:
+                          progress: Progress = NULL_PROGRESS) -> SparsePoints:
     """CUR/FPS sparse points chosen among a frame sample (:func:`sample_frames_for_sparse`).
 
     Locations are pool indices ``[frame, atom]``. With ``n_environments`` ≥ the pool's
@@ -528,7 +529,7 @@ def choose_sparse_sampled(frames: Sequence[Atoms], descriptor, species, n_sparse
     idx = sample_frames_for_sparse(frames, n_environments, seed=seed)
     subset = [frames[int(i)] for i in idx]
     source = DescriptorSource(descriptor, subset, chunk_size=chunk_size, cache_limit_bytes=cache_limit_bytes,
-                              progress=progress, dimension_hint=dimension)
+                              progress=progress, spill=False)
     sparse = choose_sparse_points(source, species, n_sparse, method=method, kernel=kernel, seed=seed)
     locations = {}
     for z in sparse.species:
@@ -704,15 +705,14 @@ def build_model_stored(
             t = time.perf_counter()
             if exact:
                 source = DescriptorSource(descriptor, frames, chunk_size=rs.chunk_size,
-                                          cache_limit_bytes=cache_limit, progress=progress,
-                                          dimension_hint=atom_dimension)
+                                          cache_limit_bytes=cache_limit, progress=progress, spill=False)
                 sparse = choose_sparse_points(source, pool_species, n_sparse, method=sparse_method,
                                               kernel=kernel, seed=seed)
             else:
                 sparse = choose_sparse_sampled(frames, descriptor, pool_species, n_sparse, method=sparse_method,
                                                kernel=kernel, seed=seed, n_environments=int(sparse_sample),
                                                chunk_size=rs.chunk_size, cache_limit_bytes=cache_limit,
-                                               dimension=atom_dimension, progress=progress)
+                                               progress=progress)
             timings["sparse_points"] = time.perf_counter() - t
             t = time.perf_counter()
             L, jitter = cholesky_with_jitter(sparse.kernel_matrix(kernel))
@@ -741,6 +741,8 @@ def build_model_stored(
         sparse_method=sparse_method, seed=int(seed), psi=psi, n_atoms=n_atoms,
         energy_variance=noise.energy_variance(n_atoms, config_types), L=L, jitter=jitter, timings=timings,
         config_types=list(config_types) if config_types is not None else None,
+        notes=sparse_point_notes(sparse, n_sparse, sampled_environments=None if exact else int(sparse_sample),
+                                 pool_environments=n_atoms_total),
     )
     # facts about the store run (not seconds, so not in ``timings``)
     model.store_info = {

@@ -31,8 +31,10 @@ grading call the functions here (:func:`chunk_energy_rows`, :func:`chunk_local_r
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -40,11 +42,11 @@ import scipy.linalg
 import scipy.sparse
 from ase import Atoms
 
-from ..descriptors import SOAP, iter_descriptors, make_descriptor
+from ..descriptors import SOAP, AtomicDescriptors, SpeciesBlock, iter_descriptors, make_descriptor
 from ..exceptions import ConfigurationError, InputError
 from ..hypers import Noise
 from ..progress import NULL_PROGRESS, Progress
-from .kernels import Kernel, SparsePoints, cholesky_with_jitter, choose_sparse_points
+from .kernels import Kernel, SparsePoints, cholesky_with_jitter, choose_sparse_points, sparse_point_notes
 from .rows import _VOIGT_PAIRS, ObservationRows, force_moment, whiten
 
 OBSERVABLES = ("energy", "forces", "virials")
@@ -54,29 +56,44 @@ DEFAULT_GRADIENT_CHUNK_ATOMS = 1000
 
 
 class DescriptorSource:
-    """Re-iterable chunks of pool descriptors, cached in memory when they fit.
+    """Re-iterable chunks of pool descriptors: computed once, replayed from a cache.
 
-    The first pass computes (and times) the descriptors; later passes replay the
-    cache, or recompute chunk by chunk when the pool's per-atom matrix would exceed
-    ``cache_limit_bytes`` — so memory stays bounded on large pools.
+    The first pass computes (and times) the descriptors chunk by chunk; every chunk is
+    kept, in memory while the cache holds at most ``cache_limit_bytes``, and beyond that
+    in a temporary on-disk cache (one ``.npz`` per chunk, deleted by :meth:`close` or
+    when the source is garbage-collected). Later passes (CUR's two passes over all
+    environments, then the rows) replay the cache, so the pool's SOAP is computed once
+    and memory stays bounded on large pools. With ``spill=False`` nothing is written to
+    disk: a pool whose descriptors exceed the limit is recomputed on every pass.
     """
 
     def __init__(self, descriptor, frames, *, chunk_size=100, cache_limit_bytes=2e9, progress=NULL_PROGRESS,
-                 dimension_hint: int | None = None):
+                 spill: bool = True):
         self.descriptor = descriptor
         self.frames = frames
         self.chunk_size = chunk_size
         self.progress = progress
-        self.n_atoms = int(sum(len(a) for a in frames))
-        d = dimension_hint or 1000
-        self._cache: list | None = [] if self.n_atoms * d * 8 <= cache_limit_bytes else None
+        self.cache_limit_bytes = float(cache_limit_bytes)
+        self.spill = bool(spill)
+        self.n_passes = 0
+        self._dropped = False
+        self._cache: list = []          # (first, AtomicDescriptors or path of a spilled chunk)
+        self._bytes_in_memory = 0
+        self._spill_dir = None
         self._complete = False
         self.seconds = 0.0
 
+    @property
+    def bytes_on_disk(self) -> int:
+        return sum(entry.stat().st_size for _, entry in self._cache if isinstance(entry, Path))
+
     def __call__(self):
-        if self._complete and self._cache is not None:
-            yield from self._cache
+        if self._complete:
+            for first, entry in self._cache:
+                yield first, (self._load(entry) if isinstance(entry, Path) else entry)
             return
+        self._cache, self._bytes_in_memory, self._dropped = [], 0, False
+        self.n_passes += 1
         with self.progress.stage("descriptors", len(self.frames)) as advance:
             it = iter_descriptors(self.descriptor, self.frames, chunk_size=self.chunk_size)
             while True:
@@ -88,11 +105,45 @@ class DescriptorSource:
                 self.seconds += time.perf_counter() - t0
                 n = desc.n_frames
                 advance(n, sum(len(a) for a in self.frames[first : first + n]))
-                if self._cache is not None and not self._complete:
-                    self._cache.append((first, desc))
+                self._keep(first, desc)
                 yield first, desc
-        if self._cache is not None:
-            self._complete = True
+        self._complete = not self._dropped
+
+    def _keep(self, first: int, desc) -> None:
+        size = sum(b.values.nbytes + b.norms.nbytes + b.frame.nbytes + b.atom.nbytes for b in desc.blocks.values())
+        if self._dropped:
+            return
+        if self._bytes_in_memory + size <= self.cache_limit_bytes:
+            self._cache.append((first, desc))
+            self._bytes_in_memory += size
+            return
+        if not self.spill:
+            self._cache, self._bytes_in_memory, self._dropped = [], 0, True
+            return
+        if self._spill_dir is None:
+            self._spill_dir = tempfile.TemporaryDirectory(prefix="mlipdoe-descriptors-")
+        path = Path(self._spill_dir.name) / f"chunk{first:09d}.npz"
+        arrays = {"n_frames": np.array(desc.n_frames)}
+        for z, b in desc.blocks.items():
+            arrays.update({f"values_{z}": b.values, f"norms_{z}": b.norms, f"frame_{z}": b.frame, f"atom_{z}": b.atom})
+        with open(path, "wb") as fh:
+            np.savez(fh, **arrays)
+        self._cache.append((first, path))
+
+    @staticmethod
+    def _load(path: Path):
+        with np.load(path, allow_pickle=False) as npz:
+            species = sorted(int(k.split("_")[1]) for k in npz.files if k.startswith("values_"))
+            blocks = {z: SpeciesBlock(npz[f"values_{z}"], npz[f"norms_{z}"], npz[f"frame_{z}"], npz[f"atom_{z}"])
+                      for z in species}
+            return AtomicDescriptors(blocks, int(npz["n_frames"]))
+
+    def close(self) -> None:
+        """Drop the cache (and delete the on-disk part)."""
+        self._cache, self._complete, self._bytes_in_memory = [], False, 0
+        if self._spill_dir is not None:
+            self._spill_dir.cleanup()
+            self._spill_dir = None
 
 
 def check_species(frames: Sequence[Atoms], species, *, what: str = "frame") -> None:
@@ -338,6 +389,8 @@ class InformationModel:
     #: the pool-mean force variance of a design is tr(C · pool_force_moment).
     pool_force_moment: np.ndarray | None = None
     gradient_chunk_atoms: int = DEFAULT_GRADIENT_CHUNK_ATOMS
+    #: What the model changed from the request (e.g. fewer sparse points), one sentence each.
+    notes: list = field(default_factory=list)
 
     @property
     def n_frames(self) -> int:
@@ -577,6 +630,8 @@ def build_model(
     psi = whiten(L, phi)
     timings["rows"] = time.perf_counter() - t2 - (source.seconds - desc_before_rows)
     timings["descriptors"] = source.seconds
+    timings["descriptor_passes"] = source.n_passes
+    source.close()
     n_atoms = np.array([len(a) for a in frames], dtype=np.int64)
     model = InformationModel(
         soap=soap, kernel=kernel, noise=noise, observations=observations, sparse=sparse,
@@ -584,6 +639,7 @@ def build_model(
         energy_variance=noise.energy_variance(n_atoms, config_types), L=L, jitter=jitter, timings=timings,
         config_types=list(config_types) if config_types is not None else None,
         gradient_chunk_atoms=int(gradient_chunk_atoms),
+        notes=sparse_point_notes(sparse, n_sparse) if sparse_locations is None else [],
     )
     if observations != ("energy",):
         if config_types is not None and len(config_types) != len(frames):

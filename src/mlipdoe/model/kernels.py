@@ -154,6 +154,33 @@ def _resolve_counts(n_sparse, species) -> dict:
     return counts
 
 
+def sparse_point_notes(sparse: SparsePoints, n_sparse, *, sampled_environments: int | None = None,
+                       pool_environments: int | None = None) -> list[str]:
+    """What the sparse-point choice changed from the request, one sentence each.
+
+    Fewer points than requested for a species (duplicates dropped, or fewer distinct
+    environments / a lower descriptor rank than asked), and a choice made among a sample
+    of the pool's environments rather than all of them.
+    """
+    notes = []
+    requested = _resolve_counts(n_sparse, sparse.species)
+    dropped: dict = {}
+    for f, a in sparse.dropped:
+        dropped.setdefault(int(f), []).append(int(a))
+    for z in sparse.species:
+        got = len(sparse.vectors[z])
+        if got < requested[z]:
+            notes.append(f"species {z}: {got} of the {requested[z]} requested sparse points "
+                         f"(the pool offers no more distinct environments of this species, or its descriptor "
+                         f"rank is lower; {len(sparse.dropped)} exact duplicates dropped in all)")
+    if sparse.dropped and all(len(sparse.vectors[z]) >= requested[z] for z in sparse.species):
+        notes.append(f"{len(sparse.dropped)} sparse-point candidates dropped as exact duplicates of earlier points")
+    if sampled_environments is not None:
+        notes.append(f"sparse points chosen among a sample of about {sampled_environments} of the pool's "
+                     f"{pool_environments} environments (an exact choice over all of them may differ)")
+    return notes
+
+
 def _drop_duplicates(vectors: np.ndarray, locations: np.ndarray, order: np.ndarray):
     """Keep points in ``order`` unless they duplicate an earlier kept point."""
     keep: list[int] = []
