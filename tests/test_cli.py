@@ -57,6 +57,7 @@ EXPECTED = {
 def test_bad_pool_gives_exit_2_one_line_no_output(tmp_path, case):
     files = _bad_files(tmp_path)
     out, rec = tmp_path / "out" / "train.xyz", tmp_path / "out" / "design.json"
+    out.parent.mkdir()
     proc = run_cli("select", files[case], "-n", "2", "-o", out, "--record", rec, *SMALL)
     assert proc.returncode == 2, proc.stderr
     lines = [line for line in proc.stderr.strip().splitlines() if line.strip()]
@@ -102,12 +103,12 @@ def test_same_seed_same_record_and_frames(tmp_path, pool_file):
 def test_verify_detects_tampered_record(tmp_path, pool_file):
     rec = tmp_path / "d.json"
     assert run_cli("select", pool_file, "-n", "4", "-o", tmp_path / "t.xyz", "--record", rec, *SMALL).returncode == 0
-    ok = run_cli("verify", pool_file, "--record", rec)
+    ok = run_cli("verify", "--record", rec)  # the pool from the record
     assert ok.returncode == 0 and "OK" in ok.stdout
     data = json.loads(rec.read_text())
-    data["selected"][0] = (data["selected"][0] + 1) % 25
+    data["selected"][0] = min(set(range(25)) - set(data["selected"]) - set(data["fixed"]))
     rec.write_text(json.dumps(data))
-    bad = run_cli("verify", pool_file, "--record", rec)
+    bad = run_cli("verify", "--record", rec, "--pool", pool_file)
     assert bad.returncode == 1 and "MISMATCH" in bad.stdout
 
 
@@ -118,7 +119,7 @@ def test_generate_and_demo(tmp_path):
 
     frames = read(tmp_path / "g.xyz", index=":")
     assert len(frames) == 12 and all(len(a.info["strain"]) == 6 for a in frames)
-    demo = run_cli("demo", "-o", tmp_path / "demo", "--n-frames", "40", "-n", "5", "--n-sparse", "15", "-q")
+    demo = run_cli("demo", "-o", tmp_path / "demo", "--pool-size", "40", "-n", "5", "--n-sparse", "15", "-q")
     assert demo.returncode == 0, demo.stderr
     for name in ("pool.xyz", "train.xyz", "design.json", "gain_curve.png"):
         assert (tmp_path / "demo" / name).stat().st_size > 0

@@ -61,9 +61,15 @@ def test_assess_bad_input_exit_2(files):
     r = run_cli("assess", "--train", files / "missing.xyz", *SOAP_ARGS)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [f"error: training file not found: {files / 'missing.xyz'}"]
-    r = run_cli("assess", "--record", files / "design.json")
+    moved = json.loads((files / "design.json").read_text())
+    moved["pool"][0]["path"] = str(files / "moved.xyz")
+    (files / "moved.json").write_text(json.dumps(moved))
+    r = run_cli("assess", "--record", files / "moved.json")
     assert r.returncode == 2
-    assert "--record needs --pool" in r.stderr
+    assert r.stderr.strip().splitlines() == [f"error: the record's pool file {files / 'moved.xyz'} is not there; "
+                                             f"give the pool with --pool"]
+    r = run_cli("assess", "--record", files / "design.json", "--zeta", "2")
+    assert r.returncode == 2 and "--zeta is not used with --record" in r.stderr
 
 
 def test_grade_writes_and_keeps_far_frames(files):

@@ -453,6 +453,16 @@ def verify_record(record, pool, *, rtol: float = 1e-6) -> dict:
     if not isinstance(record, DesignRecord):
         record = read_record(record)
     pool = as_pool(pool)
+    for what in ("fixed", "selected"):
+        for item in getattr(record, what):
+            if isinstance(item, bool) or not isinstance(item, (int, np.integer)):
+                raise InputError(f"the record's {what} frames must be pool indices (whole numbers), got {item!r}")
+            if not 0 <= int(item) < len(pool):
+                raise InputError(f"the record's {what} frame index {int(item)} is outside the pool "
+                                 f"({len(pool)} frames)")
+    chosen = [int(i) for i in list(record.fixed) + list(record.selected)]
+    if len(set(chosen)) != len(chosen):
+        raise InputError("the record lists a pool frame twice in fixed + selected")
     model = model_from_record(record, pool)
     if record.criterion not in CRITERIA:
         raise ConfigurationError(f"verify: unknown criterion {record.criterion!r}")
@@ -475,12 +485,24 @@ def verify_record(record, pool, *, rtol: float = 1e-6) -> dict:
 
 
 def selected_frames(result: SelectionResult) -> list[Atoms]:
-    """Copies of the selected frames with ``mlipdoe_rank`` (1-based), ``mlipdoe_gain``
-    and ``pool_index`` in ``info``."""
+    """Copies of the selected frames carrying everything the pool frame had.
+
+    ``info`` and ``arrays`` are copied, and so are the calculator results (energy,
+    forces, stress, … of a labelled pool, e.g. read from extxyz or OUTCAR) on a
+    :class:`~ase.calculators.singlepoint.SinglePointCalculator`, so ``mlipdoe fit`` can
+    read the labels of the written file. ``info`` gains ``mlipdoe_rank`` (1-based),
+    ``mlipdoe_gain`` and ``pool_index``.
+    """
+    from ase.calculators.singlepoint import SinglePointCalculator
+
     out = []
     for rank, (index, gain) in enumerate(zip(result.selected, result.gains), start=1):
-        atoms = result.pool.frames[index].copy()
-        atoms.calc = None
+        frame = result.pool.frames[index]
+        atoms = frame.copy()
+        results = getattr(frame.calc, "results", None) if frame.calc is not None else None
+        if results:
+            copied = {k: (np.array(v, copy=True) if isinstance(v, np.ndarray) else v) for k, v in results.items()}
+            atoms.calc = SinglePointCalculator(atoms, **copied)
         atoms.info["mlipdoe_rank"] = rank
         atoms.info["mlipdoe_gain"] = float(gain)
         atoms.info["pool_index"] = int(index)

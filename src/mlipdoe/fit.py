@@ -98,28 +98,44 @@ def _vector_arrays(atoms: Atoms) -> list[str]:
 
 
 def read_labels(frames: Sequence[Atoms], *, energy_key: str = "energy", forces_key: str | None = "force",
-                require_forces: bool = False) -> Labels:
+                require_forces: bool = False, named: Sequence[str] = ()) -> Labels:
     """Energies and forces from each frame's calculator, else ``info[energy_key]`` and
     ``arrays[forces_key]`` (the defaults match the Zuo et al. 2020 extxyz files).
 
-    ``forces_key=None`` reads energies only. Raises :class:`InputError`, naming the keys
-    the frame has, for a frame without an energy; for forces on some frames but not on
-    others; for no forces at all when ``require_forces`` or when the frames hold another
-    per-atom vector array (a forces key that does not match the file is never read as
-    "no forces").
+    ``forces_key=None`` reads energies only. ``named`` lists the labels (``"energy"``,
+    ``"forces"``) whose key the user chose: those are read from the key, before any
+    calculator result, and every frame must have it. Raises :class:`InputError`, naming
+    the keys the frame has, for a frame without an energy; for forces on some frames but
+    not on others; for no forces at all when ``require_forces`` or when the frames hold
+    another per-atom vector array (a forces key that does not match the file is never
+    read as "no forces").
     """
     energies, forces, cts = [], [], []
     missing: list[int] = []
     for k, atoms in enumerate(frames):
-        e = _calc_result(atoms, "energy")
-        if e is None:
+        if "energy" in named:
             e = atoms.info.get(energy_key)
+            if e is None:
+                hint = "; it has a calculator energy, read without --energy-key" if _calc_result(
+                    atoms, "energy") is not None else ""
+                raise InputError(f"frame {k} has no info[{energy_key!r}] (its info keys: {_keys(atoms.info)}{hint})")
+        else:
+            e = _calc_result(atoms, "energy")
+            if e is None:
+                e = atoms.info.get(energy_key)
         if e is None:
             raise InputError(f"frame {k} has no energy: no calculator result and no info[{energy_key!r}] "
                              f"(its info keys: {_keys(atoms.info)}; set --energy-key)")
         energies.append(float(e))
         f = None
-        if forces_key is not None:
+        if forces_key is not None and "forces" in named:
+            f = atoms.arrays.get(forces_key)
+            if f is None:
+                hint = "; it has calculator forces, read without --forces-key" if _calc_result(
+                    atoms, "forces") is not None else ""
+                raise InputError(f"frame {k} has no arrays[{forces_key!r}] (its per-atom arrays: "
+                                 f"{_keys(atoms.arrays, skip=_NOT_FORCES)}{hint})")
+        elif forces_key is not None:
             f = _calc_result(atoms, "forces")
             if f is None:
                 f = atoms.arrays.get(forces_key)
@@ -141,7 +157,7 @@ def read_labels(frames: Sequence[Atoms], *, energy_key: str = "energy", forces_k
                              f"frame, or fit energies only (--no-forces)")
         candidates = _vector_arrays(frames[k])
         if require_forces or candidates:
-            raise InputError(f"no frame has forces: no calculator result and no arrays[{forces_key!r}] (per-atom "
+            raise InputError(f"no forces on any frame: no calculator result and no arrays[{forces_key!r}] (per-atom "
                              f"arrays of frame {k}: {keys}); set --forces-key, or fit energies only (--no-forces)")
     n = np.array([len(a) for a in frames], dtype=np.int64)
     return Labels(np.array(energies), forces if have_forces else None, n, cts)

@@ -337,7 +337,8 @@ def zr_example(
     )
 
 
-def write_frames(frames: Atoms | Sequence[Atoms], path: Union[str, "os.PathLike[str]"]) -> None:
+def write_frames(frames: Atoms | Sequence[Atoms], path: Union[str, "os.PathLike[str]"], *,
+                 what: str = "output") -> None:
     """Write frames as extended XYZ, atomically.
 
     The frames go to a temporary file in the target's directory, which then
@@ -348,22 +349,21 @@ def write_frames(frames: Atoms | Sequence[Atoms], path: Union[str, "os.PathLike[
     ----------
     frames : ase.Atoms or sequence of ase.Atoms
     path : str or os.PathLike
+    what : str
+        How error messages name the output (e.g. ``-o``).
 
     Raises
     ------
     InputError
-        If there are no frames or the target directory does not exist.
+        If there are no frames, the target's folder does not exist or the target is a
+        folder (:func:`mlipdoe.atomic.check_output`).
     """
     if isinstance(frames, Atoms):
         frames = [frames]
     frames = list(frames)
     if not frames:
         raise InputError(f"no frames to write to {os.fspath(path)}")
-    target = os.path.abspath(os.fspath(path))
-    directory = os.path.dirname(target)
-    if not os.path.isdir(directory):
-        raise InputError(f"output directory does not exist: {directory}")
-    with atomic_output(target) as tmp:
+    with atomic_output(path, what=what) as tmp:
         ase.io.write(tmp, frames, format="extxyz")
 
 

@@ -439,7 +439,7 @@ def _check_contacts(frames: list[Atoms], names: list[str], min_distance: float) 
         pair = f"atom {a} and its periodic image" if a == b else f"atoms {a} and {b}"
         raise InputError(
             f"{names[k]}: {pair} are {d:.4f} Å apart, closer than min_distance={min_distance:g} Å; "
-            "fix the frame or lower min_distance"
+            "remove or fix the frame (the check is read_pool's min_distance in the Python API)"
         )
 
 

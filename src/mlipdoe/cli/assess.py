@@ -9,7 +9,8 @@ import typer
 from rich.table import Table
 
 from ..exceptions import InputError
-from . import SOAP_OPTS, _progress, _soap, app, out
+from . import _progress, app, out, pool_for_record
+from .options import ModelOptions, model_options
 
 
 def _read(paths, what: str) -> list:
@@ -97,68 +98,81 @@ def _print_report(report: dict, limit: int = 20) -> None:
 
 
 @app.command()
+@model_options("soap", "kernel", "sparse", "noise", "observe")
 def assess(
+    ctx: typer.Context,
     train: Optional[Path] = typer.Option(None, "--train", help="Training frames (extxyz or any ASE file)."),
-    pool: Optional[List[Path]] = typer.Option(None, "--pool", help="Candidate pool file(s) (repeat the option)."),
+    pool: Optional[List[Path]] = typer.Option(
+        None, "--pool", help="Candidate pool file(s), repeatable (with --record: default the files it names)."),
     target: Optional[List[Path]] = typer.Option(None, "--target",
                                                 help="Where the potential will be used (repeatable)."),
-    record: Optional[Path] = typer.Option(None, "--record", help="Design record over --pool (the training set)."),
-    report_dir: Optional[Path] = typer.Option(None, "--report", help="Folder for report.json and PNG figures."),
+    record: Optional[Path] = typer.Option(
+        None, "--record", help="Design record over the pool (the training set; the model options come from it)."),
+    report_dir: Optional[Path] = typer.Option(
+        None, "--report", help="Folder for report.json and PNG figures (created; its parent must exist)."),
     max_std: float = typer.Option(5.0, "--max-std", help="Per-atom energy std threshold (meV/atom)."),
     min_fraction: float = typer.Option(0.95, "--min-fraction", help="Fraction of target frames that must be below."),
     test: Optional[Path] = typer.Option(None, "--test", help="Test set for the confirmation-bias check."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Test frames with DFT energies (calibration)."),
     predictions: Optional[Path] = typer.Option(None, "--predictions", help="The same frames with model energies."),
-    criterion: str = typer.Option("d", help="Criterion for losses, swaps, additions and efficiency."),
+    criterion: str = typer.Option("d", help="Criterion for losses, swaps, additions and efficiency (any case)."),
     top_k: int = typer.Option(10, "--top-k", help="Best additions to list."),
     threshold: float = typer.Option(1.0, help="A direction is constrained when its eigenvalue > 1 + threshold."),
-    n_sparse: int = typer.Option(100, help="Sparse points per centre species (no record)."),
-    sparse_method: str = typer.Option("cur", help="cur or fps (no record)."),
-    zeta: float = typer.Option(4, help="Kernel power ζ (no record)."),
-    sigma_energy: float = typer.Option(0.001, help="Energy noise σ_E in eV/atom (no record)."),
     seed: int = typer.Option(0, help="Random seed."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bars."),
-    soap_cutoff: float = SOAP_OPTS["soap_cutoff"],
-    soap_width: float = SOAP_OPTS["soap_width"],
-    n_max: int = SOAP_OPTS["n_max"],
-    l_max: int = SOAP_OPTS["l_max"],
-    atom_sigma: float = SOAP_OPTS["atom_sigma"],
+    model: ModelOptions = None,
 ):
     """Assess a training set before DFT: identifiability, target adequacy, informativeness, bias check.
 
     Exit code 0 ADEQUATE (or no --target), 1 NOT ADEQUATE, 2 bad input.
     """
     from .. import assess as A
-    from ..hypers import Noise
-    from ..model.kernels import Kernel
+    from ..atomic import atomic_folder, check_output
+    from ..design import read_record
     from ..pool import read_pool
 
     if train is None and record is None:
-        raise InputError("give the training set: --train FILE, or --record design.json with --pool")
-    if record is not None and not pool:
-        raise InputError("--record needs --pool with the pool file(s) the design was made on")
+        raise InputError("give the training set: --train FILE, or --record design.json (its pool: --pool)")
+    if (labels is None) != (predictions is None):
+        raise InputError("--labels and --predictions go together (the same frames with DFT and model energies)")
+    if record is not None:
+        model.refuse(model.given, "with --record (the record's hypers, sparse points and observations are used)")
+    else:
+        observations = model.observations
+        if "forces" not in observations:
+            model.refuse(["--sigma-force"], "without forces in --observe")
+        if "virials" not in observations:
+            model.refuse(["--sigma-virial"], "without virials in --observe")
+    if report_dir is not None:
+        check_output(report_dir, what="--report", folder=True)
     train_frames = _read([train], "training") if train is not None else None
-    pool_obj = read_pool([str(p) for p in pool]) if pool else None
+    rec = read_record(record) if record is not None else None
+    if rec is not None:
+        pool_obj = pool_for_record(rec, pool)
+    else:
+        pool_obj = read_pool([str(p) for p in pool]) if pool else None
     targets = {}
     for p in target or []:
         name = p.name if p.name not in targets else str(p)
         targets[name] = _read([p], "target")
-    setup = A.prepare(train_frames, pool=pool_obj, record=record,
-                      soap=_soap(soap_cutoff, soap_width, n_max, l_max, atom_sigma), kernel=Kernel(zeta=zeta),
-                      noise=Noise(energy=sigma_energy), n_sparse=n_sparse, sparse_method=sparse_method, seed=seed,
+    hypers = {} if rec is not None else dict(
+        soap=model.soap, kernel=model.kernel, noise=model.noise, observations=model.observations,
+        n_sparse=model.n_sparse, sparse_method=model.sparse_method)
+    setup = A.prepare(train_frames, pool=pool_obj, record=rec, seed=seed,
                       train_labels=[f"{train.name}:{k}" for k in range(len(train_frames))] if train_frames else None,
-                      progress=_progress(quiet))
+                      progress=_progress(quiet), **hypers)
     report = A.assess(setup, targets=targets, test=_read([test], "test") if test else None, max_std=max_std,
-                      min_fraction=min_fraction, criterion=criterion, top_k=top_k, threshold=threshold,
-                      labels=_read([labels], "labels") if labels else None,
+                      min_fraction=min_fraction, criterion=criterion.strip().lower(), top_k=top_k,
+                      threshold=threshold, labels=_read([labels], "labels") if labels else None,
                       predictions=_read([predictions], "predictions") if predictions else None, seed=seed)
-    report["inputs"]["paths"] = {"train": str(train) if train else None, "pool": [str(p) for p in pool or []],
+    report["inputs"]["paths"] = {"train": str(train) if train else None,
+                                 "pool": [f.path for f in pool_obj.files] if pool_obj is not None else [],
                                  "record": str(record) if record else None, "targets": [str(p) for p in target or []],
                                  "test": str(test) if test else None}
     if report_dir is not None:
-        report_dir.mkdir(parents=True, exist_ok=True)
-        report["figures"] = A.write_figures(setup, report, report_dir, targets=targets)
-        A.write_report(report, report_dir)
+        with atomic_folder(report_dir, what="--report") as tmp:
+            report["figures"] = A.write_figures(setup, report, tmp, targets=targets)
+            A.write_report(report, tmp)
     _print_report(report)
     if report_dir is not None:
         out.print(f"wrote {report_dir}/report.json and {len(report['figures'])} figures")
@@ -171,22 +185,30 @@ def assess(
 def grade(
     frames: List[Path] = typer.Argument(..., help="Configurations to grade (e.g. from an MD run)."),
     record: Path = typer.Option(..., "--record", help="Design record of the training set."),
-    pool: List[Path] = typer.Option(..., "--pool", help="The pool file(s) of the record (repeatable)."),
+    pool: Optional[List[Path]] = typer.Option(
+        None, "--pool", help="The record's pool file(s) (default: the files the record names, if unchanged)."),
     output: Optional[Path] = typer.Option(None, "-o", "--output", help="extxyz with the grades."),
-    keep_above: Optional[float] = typer.Option(None, "--keep-above", help="Write only frames with grade above this."),
-    keep_by: str = typer.Option("frame", "--keep-by", help="frame (frame γ) or atom (largest atom γ)."),
+    keep_above: Optional[float] = typer.Option(
+        None, "--keep-above", help="With -o: write only frames with grade above this."),
+    keep_by: str = typer.Option(
+        "frame", "--keep-by", help="With --keep-above: frame (frame γ) or atom (largest atom γ)."),
 ):
     """Extrapolation grade γ = v(frame) / max over training frames of v (per frame and per atom)."""
     from .. import assess as A
     from ..api import model_from_record
+    from ..atomic import check_output
     from ..design import read_record
     from ..generate import write_frames
-    from ..pool import read_pool
 
     if keep_above is not None and output is None:
         raise InputError("--keep-above needs -o/--output")
+    keep_by = keep_by.strip().lower()
+    if keep_above is None and keep_by != "frame":
+        raise InputError("--keep-by is only used with --keep-above")
+    if output is not None:
+        check_output(output, what="-o")
     rec = read_record(record)
-    pool_obj = read_pool([str(p) for p in pool])
+    pool_obj = pool_for_record(rec, pool)
     model = model_from_record(rec, pool_obj)
     train = [int(i) for i in list(rec.fixed) + list(rec.selected)]
     todo = _read(frames, "frames")
@@ -206,5 +228,5 @@ def grade(
         if not graded:
             out.print(f"no frame above {keep_above:g}: {output} not written")
         else:
-            write_frames(graded, output)
+            write_frames(graded, output, what="-o")
             out.print(f"wrote {len(graded)} frames to {output}")

@@ -12,7 +12,14 @@ import typer
 from rich.table import Table
 
 from ..exceptions import InputError
-from . import SOAP_OPTS, _soap, app, out
+from . import app, out, pool_for_record
+from .options import ModelOptions, given_options, model_options, split_list
+
+ENERGY_KEY = typer.Option(None, "--energy-key",
+                          help="info key of the energy when there is no calculator [default: energy]; must exist.")
+FORCES_KEY = typer.Option(None, "--forces-key",
+                          help="arrays key of the forces when there is no calculator [default: force]; must exist.")
+FORCES = typer.Option(True, "--forces/--no-forces", help="Fit forces (every frame must have them) or energies only.")
 
 
 def _read_frames(paths):
@@ -21,30 +28,35 @@ def _read_frames(paths):
     return read_pool([str(p) for p in paths]).frames
 
 
+def _label_keys(energy_key, forces_key, forces: bool) -> dict:
+    """read_labels arguments from --energy-key/--forces-key/--forces: a given key must exist."""
+    if forces_key is not None and not forces:
+        raise InputError("--forces-key is not used with --no-forces; drop one of them")
+    named = tuple(n for n, key in (("energy", energy_key), ("forces", forces_key)) if key is not None)
+    return {"energy_key": energy_key or "energy", "forces_key": (forces_key or "force") if forces else None,
+            "named": named}
+
+
 @app.command()
+@model_options("soap", "kernel", "sparse", "noise")
 def fit(
+    ctx: typer.Context,
     train: List[Path] = typer.Argument(..., help="Labelled training frames (any file(s) ASE reads)."),
-    output: Path = typer.Option(..., "-o", "--output", help="Model directory to write."),
-    record: Optional[Path] = typer.Option(None, "--record", help="Design record: hypers and sparse points."),
-    pool: Optional[List[Path]] = typer.Option(None, "--pool", help="The record's pool file(s) (for its sparse points)."),
+    output: Path = typer.Option(..., "-o", "--output", help="Model folder to write (created; its parent must exist)."),
+    record: Optional[Path] = typer.Option(
+        None, "--record", help="Design record: hypers and sparse points (the model options then come from it)."),
+    pool: Optional[List[Path]] = typer.Option(
+        None, "--pool", help="With --record: its pool file(s) (default: the files the record names, if unchanged)."),
     engine: str = typer.Option("builtin", help="builtin (sparse GPR of the spec) or gap_fit (quippy-ase)."),
-    energy_key: str = typer.Option("energy", help="info key of the energy when there is no calculator."),
-    forces_key: str = typer.Option("force", help="arrays key of the forces when there is no calculator."),
-    forces: bool = typer.Option(True, "--forces/--no-forces", help="Fit forces when present."),
-    n_sparse: int = typer.Option(100, help="Without --record: CUR sparse points per species from TRAIN."),
-    sigma_energy: Optional[float] = typer.Option(None, help="σ_E (eV/atom); default the record's."),
-    sigma_force: Optional[float] = typer.Option(None, help="σ_F (eV/Å); default the record's."),
-    zeta: float = typer.Option(4, help="Kernel power ζ (without --record)."),
-    soap_cutoff: float = SOAP_OPTS["soap_cutoff"],
-    soap_width: float = SOAP_OPTS["soap_width"],
-    n_max: int = SOAP_OPTS["n_max"],
-    l_max: int = SOAP_OPTS["l_max"],
-    atom_sigma: float = SOAP_OPTS["atom_sigma"],
+    energy_key: Optional[str] = ENERGY_KEY,
+    forces_key: Optional[str] = FORCES_KEY,
+    forces: bool = FORCES,
+    model: ModelOptions = None,
 ):
     """Fit GAP (built-in sparse GPR, or the real gap_fit) on labelled frames."""
     from dataclasses import replace
 
-    from ..api import as_pool, check_pool_matches
+    from ..atomic import atomic_folder, check_output
     from ..descriptors import SOAP, make_descriptor
     from ..design import read_record
     from ..fit import fit_gap_fit, fit_gpr, read_labels
@@ -52,59 +64,72 @@ def fit(
     from ..model import build_model, sparse_points_at
     from ..model.kernels import Kernel
 
+    engine = engine.strip().lower()
     if engine not in ("builtin", "gap_fit"):
         raise InputError(f"--engine must be builtin or gap_fit, got {engine!r}")
+    model.refuse(["--sigma-virial"], "by fit (energies and forces)")
+    if not forces:
+        model.refuse(["--sigma-force"], "with --no-forces")
+    if record is None and pool:
+        raise InputError("--pool is only used with --record")
+    check_output(output, what="-o", folder=True)
     frames = _read_frames(train)
-    labels = read_labels(frames, energy_key=energy_key, forces_key=forces_key)
+    labels = read_labels(frames, **_label_keys(energy_key, forces_key, forces))
     if record is not None:
-        if not pool:
-            raise InputError("--record needs --pool (the files the design was chosen from)")
+        model.refuse(model.given_of("soap", "kernel", "sparse"), "with --record (the record's hypers and sparse "
+                     "points are used)")
         rec = read_record(record)
-        the_pool = as_pool([str(p) for p in pool])
-        check_pool_matches(rec, the_pool)
+        the_pool = pool_for_record(rec, pool)
         soap = SOAP.from_dict(rec.descriptor)
         kernel = Kernel.from_dict(rec.kernel)
         noise = Noise.from_dict(rec.noise)
+        for option, field in (("--sigma-energy", "energy"), ("--sigma-force", "force")):
+            if option in model.given:
+                noise = replace(noise, **{field: model.values[f"sigma_{field}"]})
         sparse = sparse_points_at(the_pool.frames, rec.sparse_points, make_descriptor(soap))
         sparse_frames, sparse_locations = the_pool.frames, rec.sparse_points
     else:
-        soap = _soap(soap_cutoff, soap_width, n_max, l_max, atom_sigma)
-        kernel = Kernel(zeta=zeta)
-        noise = Noise()
-        model = build_model(frames, soap=soap, kernel=kernel, n_sparse=n_sparse)
-        soap, sparse = model.soap, model.sparse
+        soap, kernel, noise = model.soap, model.kernel, model.noise
+        built = build_model(frames, soap=soap, kernel=kernel, n_sparse=model.n_sparse,
+                            sparse_method=model.sparse_method)
+        soap, sparse = built.soap, built.sparse
         sparse_frames, sparse_locations = frames, sparse.location_list()
-    if sigma_energy is not None:
-        noise = replace(noise, energy=sigma_energy)
-    if sigma_force is not None:
-        noise = replace(noise, force=sigma_force)
+    with atomic_folder(output, what="-o") as tmp:
+        if engine == "builtin":
+            gpr = fit_gpr(frames, labels, soap=soap, kernel=kernel, noise=noise, sparse=sparse, use_forces=forces)
+            gpr.save(tmp)
+        else:
+            gm = fit_gap_fit(frames, labels, soap=soap, kernel=kernel, noise=noise, sparse_frames=sparse_frames,
+                             sparse_locations=sparse_locations, output=tmp, use_forces=forces)
     if engine == "builtin":
-        model = fit_gpr(frames, labels, soap=soap, kernel=kernel, noise=noise, sparse=sparse, use_forces=forces)
-        model.save(output)
-        out.print(f"fitted M = {model.M} on {len(frames)} frames ({', '.join(model.observations)}), "
-                  f"e0 = {model.e0:.6f} eV/atom; wrote {output}")
+        out.print(f"fitted M = {gpr.M} on {len(frames)} frames ({', '.join(gpr.observations)}), "
+                  f"e0 = {gpr.e0:.6f} eV/atom; wrote {output}")
     else:
-        gm = fit_gap_fit(frames, labels, soap=soap, kernel=kernel, noise=noise, sparse_frames=sparse_frames,
-                         sparse_locations=sparse_locations, output=output, use_forces=forces)
         out.print(f"gap_fit done in {gm.meta['fit_seconds']} s; wrote {output}/gp.xml")
 
 
 @app.command()
 def evaluate(
-    model: Path = typer.Argument(..., help="Model directory written by `mlipdoe fit`."),
+    model: Path = typer.Argument(..., help="Model folder written by `mlipdoe fit`."),
     test: List[Path] = typer.Argument(..., help="Labelled test frames."),
-    energy_key: str = typer.Option("energy", help="info key of the energy when there is no calculator."),
-    forces_key: str = typer.Option("force", help="arrays key of the forces when there is no calculator."),
+    energy_key: Optional[str] = ENERGY_KEY,
+    forces_key: Optional[str] = FORCES_KEY,
+    forces: bool = typer.Option(True, "--forces/--no-forces", help="Evaluate forces (every frame must have them)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Parity plot (PNG) to write."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Errors as JSON."),
 ):
     """Energy RMSE/MAE per atom and force RMSE/MAE per component, per config_type."""
+    from ..atomic import check_output
     from ..design import atomic_write_text
     from ..fit import evaluate as run_evaluate
     from ..fit import load_model, parity_plot, read_labels
 
+    if plot is not None:
+        check_output(plot, what="--plot")
+    if json_out is not None:
+        check_output(json_out, what="--json")
     frames = _read_frames(test)
-    labels = read_labels(frames, energy_key=energy_key, forces_key=forces_key)
+    labels = read_labels(frames, **_label_keys(energy_key, forces_key, forces))
     m = load_model(model)
     pred = m.predict(frames, forces=labels.forces is not None)
     table = run_evaluate(pred, labels)
@@ -120,10 +145,13 @@ def evaluate(
         out.print(f"wrote {plot}")
     if json_out is not None:
         atomic_write_text(json_out, json.dumps(table.rows, indent=1))
+        out.print(f"wrote {json_out}")
 
 
 @app.command()
+@model_options("soap", "kernel", "sparse", "noise")
 def benchmark(
+    ctx: typer.Context,
     pool: List[Path] = typer.Argument(..., help="Labelled candidate pool (labels hidden from the selectors)."),
     test: List[Path] = typer.Option(..., "--test", help="Labelled held-out test frames."),
     off_sample: Optional[List[str]] = typer.Option(None, "--off-sample", help="NAME=PATH, extra test sets."),
@@ -131,24 +159,19 @@ def benchmark(
     strategies: str = typer.Option("random,fps,cur,d,i,maximin,d_forces,i_forces",
                                    help="Comma-separated; unavailable ones are skipped with a note."),
     n_random: int = typer.Option(5, help="Seeds of the random baseline."),
-    n_sparse: int = typer.Option(100, help="Sparse points per species (CUR on the pool)."),
-    sigma_energy: float = typer.Option(0.002, help="σ_E (eV/atom)."),
-    sigma_force: float = typer.Option(0.1, help="σ_F (eV/Å)."),
-    forces: bool = typer.Option(True, "--forces/--no-forces", help="Fit forces when present."),
-    energy_key: str = typer.Option("energy"),
-    forces_key: str = typer.Option("force"),
-    output: Path = typer.Option(Path("benchmark"), "-o", "--output", help="Directory for CSV, PNG, summary."),
+    forces: bool = FORCES,
+    energy_key: Optional[str] = ENERGY_KEY,
+    forces_key: Optional[str] = FORCES_KEY,
+    output: Path = typer.Option(Path("benchmark"), "-o", "--output",
+                                help="Folder for CSV, PNG, summary (created; its parent must exist)."),
     markdown: Optional[Path] = typer.Option(None, "--markdown", help="Markdown file whose section to update."),
     section: str = typer.Option("benchmark", help="Section name inside --markdown."),
     title: str = typer.Option("", help="Title of the summary."),
-    seed: int = typer.Option(0),
-    soap_cutoff: float = SOAP_OPTS["soap_cutoff"],
-    soap_width: float = SOAP_OPTS["soap_width"],
-    n_max: int = SOAP_OPTS["n_max"],
-    l_max: int = SOAP_OPTS["l_max"],
-    atom_sigma: float = SOAP_OPTS["atom_sigma"],
+    seed: int = typer.Option(0, help="Random seed."),
+    model: ModelOptions = None,
 ):
     """Learning curves: select (labels hidden) → fit → evaluate, per strategy and budget."""
+    from ..atomic import atomic_folder, check_output
     from ..bench import (
         BenchmarkConfig,
         run_benchmark,
@@ -156,12 +179,19 @@ def benchmark(
         update_markdown_section,
         write_outputs,
     )
-    from ..hypers import Noise
+    from ..fit import read_labels
 
+    model.refuse(["--sigma-virial"], "by benchmark (energies and forces)")
+    if markdown is None and given_options(ctx, ["section"]):
+        raise InputError("--section is only used with --markdown")
     try:
-        budget_list = [int(b) for b in budgets.split(",") if b.strip()]
+        budget_list = [int(b) for b in split_list([budgets])]
     except ValueError:
         raise InputError(f"--budgets must be comma-separated integers, got {budgets!r}") from None
+    check_output(output, what="-o", folder=True)
+    if markdown is not None:
+        check_output(markdown, what="--markdown")
+    keys = _label_keys(energy_key, forces_key, forces)
     tests = {"test": _read_frames(test)}
     for item in off_sample or []:
         if "=" not in item:
@@ -169,16 +199,20 @@ def benchmark(
         name, path = item.split("=", 1)
         tests[name] = _read_frames([path])
     config = BenchmarkConfig(
-        budgets=budget_list, strategies=[s.strip() for s in strategies.split(",") if s.strip()], n_random=n_random,
-        soap=_soap(soap_cutoff, soap_width, n_max, l_max, atom_sigma), noise=Noise(energy=sigma_energy, force=sigma_force),
-        n_sparse=n_sparse, seed=seed, use_forces=forces,
+        budgets=budget_list, strategies=[s.lower() for s in split_list([strategies])], n_random=n_random,
+        soap=model.soap, kernel=model.kernel, noise=model.noise, n_sparse=model.n_sparse,
+        sparse_method=model.sparse_method, seed=seed, use_forces=forces,
     )
-    result = run_benchmark(_read_frames(pool), tests, config, energy_key=energy_key, forces_key=forces_key,
-                           log=lambda m: out.print(m, highlight=False))
+    pool_frames = _read_frames(pool)
+    for frames in [pool_frames, *tests.values()]:  # the same checks as fit: a named key must be on every frame
+        read_labels(frames, **keys)
+    result = run_benchmark(pool_frames, tests, config, energy_key=keys["energy_key"],
+                           forces_key=keys["forces_key"] or "force", log=lambda m: out.print(m, highlight=False))
     command = "mlipdoe " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    paths = write_outputs(result, output, title=title, command=command)
+    with atomic_folder(output, what="-o") as tmp:
+        paths = write_outputs(result, tmp, title=title, command=command)
     text = summary_markdown(result, title=title, command=command)
     out.print(text, highlight=False, markup=False)
     if markdown is not None:
         update_markdown_section(markdown, section, text)
-    out.print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    out.print(f"wrote {', '.join(str(output / Path(p).name) for p in paths.values())}")

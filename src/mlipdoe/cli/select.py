@@ -7,8 +7,13 @@ from typing import List, Optional
 
 import typer
 
-from ..exceptions import MlipdoeError
-from . import SOAP_OPTS, _print_picks, _progress, _soap, _write_outputs, app, out
+from ..exceptions import InputError, MlipdoeError
+from . import _print_picks, _progress, _write_outputs, app, out, pool_for_record, print_notes
+from .options import ModelOptions, given_options, model_options, split_list
+
+#: The options of ``select`` used only with --store / --optimizer exchange / --budget-cost.
+_STORE_ONLY = ("memory_limit", "scheduler", "sparse_sample")
+_EXCHANGE_ONLY = ("restarts", "max_iter")
 
 
 @app.command()
@@ -26,43 +31,76 @@ def generate(
     seed: int = typer.Option(0, help="Random seed."),
 ):
     """Generate candidate configurations: strained (optionally rattled) bulk crystals."""
+    from ..atomic import check_output
     from ..generate import generate_strained, write_frames
 
+    check_output(output, what="-o")
     try:
         reps = tuple(int(x) for x in supercell.split(","))
     except ValueError:
         raise MlipdoeError(f"--supercell must look like 2,2,2, got {supercell!r}") from None
-    base_arg = base if not Path(base).is_file() else str(base)
-    frames = generate_strained(base_arg, structure=structure, n_frames=n_frames, max_strain=max_strain,
+    frames = generate_strained(base, structure=structure, n_frames=n_frames, max_strain=max_strain,
                                min_strain=min_strain, supercell=reps, rattle=rattle, vacancies=vacancies,
-                               method=method, seed=seed)
-    write_frames(frames, output)
+                               method=method.strip().lower(), seed=seed)
+    write_frames(frames, output, what="-o")
     out.print(f"wrote {len(frames)} frames of {len(frames[0])} atoms to {output}")
 
 
-def _split(values: Optional[List[str]]) -> list[str]:
-    """Repeatable, comma-separated option values → flat list of tokens."""
-    out: list[str] = []
-    for v in values or []:
-        out.extend(t.strip() for t in str(v).split(",") if t.strip())
-    return out
+def _only_with(given: list[str], what: str) -> None:
+    if given:
+        raise InputError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} only used with {what}; "
+                         f"drop {'it' if len(given) == 1 else 'them'}")
+
+
+def _check_select_options(ctx: typer.Context, model: ModelOptions, *, criterion: str, optimizer: str,
+                          store, budget_cost, existing) -> None:
+    """Refuse, in one line, an option the chosen criterion, optimizer or budget would ignore."""
+    from ..criteria import CRITERIA, OPTIONS
+
+    if criterion not in CRITERIA:
+        raise InputError(f"unknown criterion {criterion!r} (available: {', '.join(CRITERIA)})")
+    accepts = OPTIONS[criterion]
+    if "target" not in accepts and given_options(ctx, ["target"]):
+        users = [c for c in CRITERIA if "target" in OPTIONS[c]]
+        raise InputError(f"--target is not used by criterion {criterion} (only by {', '.join(users)}); drop it")
+    if "force_moment" not in accepts and given_options(ctx, ["target_observable"]):
+        users = [c for c in CRITERIA if "force_moment" in OPTIONS[c]]
+        raise InputError(f"--target-observable is not used by criterion {criterion} (only by {', '.join(users)}); "
+                         f"drop it")
+    if "existing" not in accepts and existing is not None:
+        raise InputError(f"--existing is not used by criterion {criterion}; drop it")
+    if optimizer != "exchange":
+        _only_with(given_options(ctx, _EXCHANGE_ONLY), "--optimizer exchange")
+    if budget_cost is None:
+        _only_with(given_options(ctx, ["cost_power"]), "--budget-cost")
+    if store is None:
+        _only_with(given_options(ctx, _STORE_ONLY), "--store")
+    observations = model.observations
+    if "forces" not in observations:
+        model.refuse(["--sigma-force"], "without forces in --observe")
+    if "virials" not in observations:
+        model.refuse(["--sigma-virial"], "without virials in --observe")
 
 
 @app.command()
+@model_options("soap", "kernel", "sparse", "noise", "observe")
 def select(
+    ctx: typer.Context,
     pool: List[Path] = typer.Argument(..., help="Candidate configurations: any file(s) ASE reads; all frames used."),
-    n: Optional[int] = typer.Option(None, "-n", help="Number of frames to select (count budget)."),
+    n: Optional[int] = typer.Option(None, "-n", "--n-frames", help="Number of frames to select (count budget)."),
     budget_atoms: Optional[int] = typer.Option(None, "--budget-atoms", help="Budget: total atoms of the new frames."),
     budget_cost: Optional[float] = typer.Option(
         None, "--budget-cost", help="Budget: total DFT cost, cost(s) = n_s^p or info['cost']."),
-    cost_power: float = typer.Option(3.0, "--cost-power", help="p in cost(s) = n_s^p."),
+    cost_power: float = typer.Option(3.0, "--cost-power", help="With --budget-cost: p in cost(s) = n_s^p."),
     output: Path = typer.Option(Path("train.xyz"), "-o", "--output", help="extxyz file of the selected frames."),
-    record: Optional[Path] = typer.Option(Path("design.json"), "--record", help="Design record (JSON) to write."),
-    criterion: str = typer.Option("d", help="d, a, i, g, e, maximin, random, fps or cur (all maximised)."),
+    record: Path = typer.Option(Path("design.json"), "--record", help="Design record (JSON) to write."),
+    criterion: str = typer.Option(
+        "d", help="d, a, i, g, e, maximin, random, fps or cur (all maximised; any case, e.g. D)."),
     optimizer: str = typer.Option("greedy", help="greedy (lazy for d) or exchange (greedy + Fedorov exchange)."),
-    restarts: int = typer.Option(0, help="Random restarts of the exchange optimizer."),
-    max_iter: int = typer.Option(100, "--max-iter", help="Most swaps per exchange run."),
-    target: Optional[Path] = typer.Option(None, "--target", help="Frames where the potential will be used (i, g)."),
+    restarts: int = typer.Option(0, help="With --optimizer exchange: random restarts."),
+    max_iter: int = typer.Option(100, "--max-iter", help="With --optimizer exchange: most swaps per run."),
+    target: Optional[Path] = typer.Option(
+        None, "--target", help="Frames where the potential will be used (criteria i and g; default the pool)."),
     target_observable: str = typer.Option(
         "energy", "--target-observable", help="i criterion: energy (per-atom variance) or forces (mean force variance)."),
     existing: Optional[Path] = typer.Option(None, "--existing", help="Training set already computed (kept, fixed)."),
@@ -70,17 +108,6 @@ def select(
         None, "--include", help="Pool frames forced in: indices and/or config_types, comma-separated, repeatable."),
     exclude: Optional[List[str]] = typer.Option(
         None, "--exclude", help="Pool frames never chosen: indices and/or config_types, comma-separated."),
-    observe: str = typer.Option(
-        "energy", "--observe",
-        help="Observations: energy[,forces][,virials]. Measured best on DFT data: --criterion i --observe "
-        "energy,forces (docs/benchmarks.md); d on force rows starves the energies at small budgets."),
-    n_sparse: int = typer.Option(100, help="Sparse points per centre species."),
-    sparse_method: str = typer.Option("cur", help="Sparse points by cur (leverage scores) or fps."),
-    zeta: float = typer.Option(4, help="Kernel power ζ."),
-    delta: float = typer.Option(1.0, help="Kernel scale δ."),
-    sigma_energy: float = typer.Option(0.001, help="Energy noise σ_E (eV/atom)."),
-    sigma_force: float = typer.Option(0.1, "--sigma-force", help="Force noise σ_F (eV/Å)."),
-    sigma_virial: float = typer.Option(0.05, "--sigma-virial", help="Virial noise σ_V (eV/atom)."),
     threshold: Optional[float] = typer.Option(None, help="Stop when the best gain falls below this."),
     seed: int = typer.Option(0, help="Random seed (sparse points, random baseline, restarts)."),
     store: Optional[Path] = typer.Option(
@@ -90,19 +117,22 @@ def select(
     sparse_sample: int = typer.Option(
         50_000, help="With --store: environments sampled for the sparse points; 0 = exact choice."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bars."),
-    soap_cutoff: float = SOAP_OPTS["soap_cutoff"],
-    soap_width: float = SOAP_OPTS["soap_width"],
-    n_max: int = SOAP_OPTS["n_max"],
-    l_max: int = SOAP_OPTS["l_max"],
-    atom_sigma: float = SOAP_OPTS["atom_sigma"],
+    model: ModelOptions = None,
 ):
     """Select the frames to compute with DFT and write them with a design record."""
     from ..api import select as run_select
-    from ..hypers import Noise
-    from ..model.kernels import Kernel
+    from ..atomic import check_output
     from ..pool import read_pool
 
-    observations = tuple(_split([observe]))
+    criterion, optimizer = criterion.strip().lower(), optimizer.strip().lower()
+    target_observable = target_observable.strip().lower()
+    _check_select_options(ctx, model, criterion=criterion, optimizer=optimizer, store=store,
+                          budget_cost=budget_cost, existing=existing)
+    check_output(output, what="-o")
+    check_output(record, what="--record")
+    if store is not None:
+        check_output(store, what="--store", folder=True)
+    observations = model.observations
     progress = _progress(quiet)
     paths = [str(p) for p in pool]
     if store is not None:  # a warm store: read the pool through its index (no parsing)
@@ -111,18 +141,16 @@ def select(
         frames = read_pool_indexed(paths, Path(store) / POOL_INDEX, progress=progress)
     else:
         frames = read_pool(paths, progress=progress)
-    soap = _soap(soap_cutoff, soap_width, n_max, l_max, atom_sigma)
-    kernel = Kernel(zeta=zeta, delta=delta)
-    noise = Noise(energy=sigma_energy, force=sigma_force, virial=sigma_virial)
-    model = None
+    soap, kernel, noise = model.soap, model.kernel, model.noise
+    built = None
     if store is not None:
         if observations != ("energy",):
-            raise MlipdoeError("--store holds energy rows only; use --observe energy with --store")
+            raise InputError("--store holds energy rows only; use --observe energy with --store")
         from ..store import build_model_stored
 
-        model = build_model_stored(
-            frames.frames, store=store, soap=soap, kernel=kernel, noise=noise, n_sparse=n_sparse,
-            sparse_method=sparse_method, seed=seed, memory_limit=memory_limit, scheduler=scheduler,
+        built = build_model_stored(
+            frames.frames, store=store, soap=soap, kernel=kernel, noise=noise, n_sparse=model.n_sparse,
+            sparse_method=model.sparse_method, seed=seed, memory_limit=memory_limit, scheduler=scheduler,
             sparse_sample=sparse_sample or None, config_types=frames.config_types,
             pool_sha256=[f.sha256 for f in frames.files], n_atoms=frames.n_atoms, species=frames.species,
             progress=progress,
@@ -133,12 +161,13 @@ def select(
         criterion=criterion, optimizer=optimizer, restarts=restarts, max_iter=max_iter,
         target=str(target) if target else None, target_observable=target_observable,
         existing=str(existing) if existing else None,
-        include=_split(include), exclude=_split(exclude), observations=observations,
-        soap=soap, kernel=kernel, noise=noise, n_sparse=n_sparse, sparse_method=sparse_method, seed=seed,
-        threshold=threshold, model=model, progress=progress,
+        include=split_list(include), exclude=split_list(exclude), observations=observations,
+        soap=soap, kernel=kernel, noise=noise, n_sparse=model.n_sparse, sparse_method=model.sparse_method, seed=seed,
+        threshold=threshold, model=built, progress=progress,
     )
     _write_outputs(result, output, record)
     _print_picks(result)
+    print_notes(result.record)
     details = result.extra
     if details.get("lazy"):
         out.print(f"lazy greedy: {details['n_gain_evaluations']} gain evaluations "
@@ -150,13 +179,14 @@ def select(
     if result.record.budget["kind"] != "count":
         b = result.record.budget
         out.print(f"budget ({b['kind']}): spent {b['spent']:g} of {b['value']:g}")
-    out.print(f"wrote {output}" + (f" and {record}" if record else ""))
+    out.print(f"wrote {output} and {record}")
 
 
 @app.command()
 def score(
-    pool: List[Path] = typer.Argument(..., help="The pool file(s) the design refers to."),
-    design: Path = typer.Option(..., "--design", help="Design record (JSON) whose fixed + selected frames to score."),
+    record: Path = typer.Option(..., "--record", help="Design record (JSON) whose fixed + selected frames to score."),
+    pool: Optional[List[Path]] = typer.Option(
+        None, "--pool", help="The record's pool file(s) (default: the files the record names, if unchanged)."),
     target: Optional[Path] = typer.Option(None, "--target", help="Target frames for i and g (default: the pool)."),
     existing: Optional[Path] = typer.Option(None, "--existing", help="Training frames outside the pool."),
 ):
@@ -164,9 +194,10 @@ def score(
     from rich.table import Table
 
     from ..api import score as run_score
-    from ..pool import read_pool
+    from ..design import read_record
 
-    result = run_score(read_pool([str(p) for p in pool]), design=design,
+    rec = read_record(record)
+    result = run_score(pool_for_record(rec, pool), design=rec,
                        target=str(target) if target else None, existing=str(existing) if existing else None)
     table = Table(title=f"{result['n_frames']} frames, {result['n_atoms']} atoms, M = {result['M']}")
     table.add_column("criterion")
@@ -174,6 +205,7 @@ def score(
     for name, value in result["criteria"].items():
         table.add_row(name, f"{value:.10g}")
     out.print(table)
+    print_notes(rec)
     if "mean_target_variance" in result:
         out.print(f"target variance per atom: mean {result['mean_target_variance']:.4g}, "
                   f"max {result['max_target_variance']:.4g} eV²/atom²")
@@ -181,14 +213,16 @@ def score(
 
 @app.command()
 def verify(
-    pool: List[Path] = typer.Argument(..., help="The pool file(s) the design was made on."),
     record: Path = typer.Option(..., "--record", help="Design record to check."),
+    pool: Optional[List[Path]] = typer.Option(
+        None, "--pool", help="The record's pool file(s) (default: the files the record names, if unchanged)."),
 ):
-    """Recompute a design's D value from scratch and compare it with the record."""
+    """Recompute a design's criterion value from scratch and compare it with the record (exit 1 on a mismatch)."""
     from ..api import verify_record
-    from ..pool import read_pool
+    from ..design import read_record
 
-    check = verify_record(record, read_pool([str(p) for p in pool]))
+    rec = read_record(record)
+    check = verify_record(rec, pool_for_record(rec, pool))
     out.print(f"recorded {check['recorded']:.10g}  recomputed {check['recomputed']:.10g}  "
               f"{'OK' if check['ok'] else 'MISMATCH'}")
     if not check["ok"]:
@@ -197,29 +231,38 @@ def verify(
 
 @app.command()
 def demo(
-    output_dir: Path = typer.Option(Path("mlipdoe-demo"), "-o", "--output-dir", help="Folder for the outputs."),
-    n_frames: int = typer.Option(300, help="Pool size."),
-    n: int = typer.Option(20, "-n", help="Frames to select."),
-    n_sparse: int = typer.Option(50, help="Sparse points."),
+    output_dir: Path = typer.Option(Path("mlipdoe-demo"), "-o", "--output-dir",
+                                    help="Folder for the outputs (created; its parent must exist)."),
+    pool_size: int = typer.Option(300, "--pool-size", help="Frames in the generated pool."),
+    n: int = typer.Option(20, "-n", "--n-frames", help="Frames to select."),
+    n_sparse: int = typer.Option(50, "--n-sparse", help="Sparse points."),
     seed: int = typer.Option(0, help="Random seed."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bars."),
 ):
     """The built-in example: deformed hcp Zr → D-optimal training set (no DFT, no downloads)."""
     from ..api import select as run_select
+    from ..api import selected_frames
+    from ..atomic import atomic_folder
+    from ..design import write_record
     from ..generate import write_frames, zr_example
     from ..pool import read_pool
 
-    output_dir.mkdir(parents=True, exist_ok=True)
-    pool_path = output_dir / "pool.xyz"
-    write_frames(zr_example(n_frames, seed=seed), pool_path)
-    out.print(f"generated {n_frames} deformed hcp Zr frames → {pool_path}")
-    pool = read_pool([str(pool_path)])
-    progress = _progress(quiet)
-    result = run_select(pool, n=n, criterion="d", n_sparse=n_sparse, seed=seed, progress=progress)
-    baseline = run_select(pool, n=n, criterion="random", model=result.model, seed=seed)
-    _write_outputs(result, output_dir / "train.xyz", output_dir / "design.json")
+    if not 0 < n <= pool_size:
+        raise InputError(f"-n must be between 1 and --pool-size ({pool_size}), got {n}")
+    with atomic_folder(output_dir, what="-o") as tmp:
+        pool_path = tmp / "pool.xyz"
+        write_frames(zr_example(pool_size, seed=seed), pool_path)
+        pool = read_pool([str(pool_path)])
+        progress = _progress(quiet)
+        result = run_select(pool, n=n, criterion="d", n_sparse=n_sparse, seed=seed, progress=progress)
+        baseline = run_select(pool, n=n, criterion="random", model=result.model, seed=seed)
+        result.record.pool[0]["path"] = str(output_dir / "pool.xyz")  # where the same bytes will be
+        write_frames(selected_frames(result), tmp / "train.xyz")
+        write_record(result.record, tmp / "design.json")
+        _gain_curve(result, baseline, tmp / "gain_curve.png")
+    out.print(f"generated {pool_size} deformed hcp Zr frames → {output_dir / 'pool.xyz'}")
     _print_picks(result)
-    _gain_curve(result, baseline, output_dir / "gain_curve.png")
+    print_notes(result.record)
     out.print(f"random {n} frames (same pool, seed {seed}): d = {baseline.value:.4f} vs D-optimal {result.value:.4f}")
     out.print(f"outputs in {output_dir}/: pool.xyz, train.xyz, design.json, gain_curve.png")
 
