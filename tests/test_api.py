@@ -165,7 +165,7 @@ def test_toolbox_cli_select_and_score(tmp_path):
     assert rec["criterion"] == "i" and rec["optimizer"] == "exchange" and rec["fixed"] == [0, 1]
     assert rec["budget"]["kind"] == "atoms" and rec["budget"]["value"] == 64 and rec["budget"]["spent"] <= 64
     assert rec["existing"]["n_frames"] == 3 and rec["target"]["n_frames"] == 4 and 2 not in rec["selected"]
-    res = run_cli("score", "pool.xyz", "--design", "design.json", "--target", "t.xyz", cwd=tmp_path)
+    res = run_cli("score", "--record", "design.json", "--target", "t.xyz", cwd=tmp_path)
     assert res.returncode == 0, res.stderr
     for name in ("maximin", "fps", "cur", "target variance"):
         assert name in res.stdout

@@ -11,7 +11,6 @@ and p95 ≈ 20 meV/atom on the 3–5 % target — a factor ≥ 3 either side of 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,12 +18,12 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from conftest import SMALL_SOAP
 
 from mlipdoe import assess as A
+from mlipdoe import schemas
 from mlipdoe.api import select
 from mlipdoe.exceptions import InputError
 from mlipdoe.generate import generate_strained
 
 MAX_STD = 5.0  # meV/atom, fixed in advance (see the module docstring)
-SCHEMA = Path(__file__).resolve().parents[1] / "docs" / "report-schema.json"
 
 
 @pytest.fixture(scope="module")
@@ -303,60 +302,6 @@ def test_calibration_spearman(pools, d_setup):
 # -- report output -----------------------------------------------------------------
 
 
-def _validate(instance, schema, root=None, path="$"):
-    """A small JSON-Schema subset validator (type, enum, const, required, properties,
-    items, additionalProperties, minimum/maximum, anyOf, allOf, $ref to #/$defs)."""
-    root = schema if root is None else root
-    if "$ref" in schema:
-        ref = schema["$ref"]
-        assert ref.startswith("#/$defs/"), ref
-        return _validate(instance, root["$defs"][ref.split("/")[-1]], root, path)
-    if "anyOf" in schema:
-        errors = []
-        for sub in schema["anyOf"]:
-            try:
-                _validate(instance, sub, root, path)
-                break
-            except AssertionError as exc:
-                errors.append(str(exc))
-        else:
-            raise AssertionError(f"{path}: no anyOf branch matches: {errors}")
-    for sub in schema.get("allOf", []):
-        _validate(instance, sub, root, path)
-    types = {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None),
-             "integer": int, "number": (int, float)}
-    if "type" in schema:
-        allowed = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
-        ok = any(isinstance(instance, types[t]) and not (t in ("integer", "number") and isinstance(instance, bool))
-                 for t in allowed)
-        assert ok, f"{path}: {instance!r} is not of type {allowed}"
-    if "const" in schema:
-        assert instance == schema["const"], f"{path}: {instance!r} != {schema['const']!r}"
-    if "enum" in schema:
-        assert instance in schema["enum"], f"{path}: {instance!r} not in {schema['enum']}"
-    if isinstance(instance, (int, float)) and not isinstance(instance, bool):
-        if "minimum" in schema:
-            assert instance >= schema["minimum"], f"{path}: {instance} < minimum"
-        if "maximum" in schema:
-            assert instance <= schema["maximum"], f"{path}: {instance} > maximum"
-        if "exclusiveMinimum" in schema:
-            assert instance > schema["exclusiveMinimum"], f"{path}: {instance} <= exclusiveMinimum"
-    if isinstance(instance, dict):
-        for key in schema.get("required", []):
-            assert key in instance, f"{path}: missing {key!r}"
-        props = schema.get("properties", {})
-        for key, value in instance.items():
-            if key in props:
-                _validate(value, props[key], root, f"{path}.{key}")
-            elif isinstance(schema.get("additionalProperties"), dict):
-                _validate(value, schema["additionalProperties"], root, f"{path}.{key}")
-            elif schema.get("additionalProperties") is False:
-                raise AssertionError(f"{path}: unexpected key {key!r}")
-    if isinstance(instance, list) and "items" in schema:
-        for k, item in enumerate(instance):
-            _validate(item, schema["items"], root, f"{path}[{k}]")
-
-
 def test_figures_and_report_json_validate(tmp_path, pools, small_setup):
     import matplotlib.image as mpimg
 
@@ -374,18 +319,11 @@ def test_figures_and_report_json_validate(tmp_path, pools, small_setup):
         assert len(np.unique(img[..., :3].reshape(-1, 3), axis=0)) > 20  # drawn data: many colours
     assert not list(tmp_path.glob("*.tmp")) and not list(tmp_path.glob(".*"))
     data = json.loads(path.read_text())
-    schema = json.loads(SCHEMA.read_text())
-    _validate(data, schema)
-    try:
-        import jsonschema
-    except ImportError:  # optional; the hand-written validator above always runs
-        jsonschema = None
-    if jsonschema is not None:
-        jsonschema.validate(data, schema, cls=jsonschema.Draft202012Validator)
-    # the validator can fail
+    schemas.check(data, "report", "report.json")
+    # the validation can fail
     broken = dict(data, adequacy=dict(data["adequacy"], verdict="FINE"))
-    with pytest.raises(AssertionError, match="not in"):
-        _validate(broken, schema)
+    with pytest.raises(InputError, match=r"^report.json: field 'adequacy.verdict' must be one of"):
+        schemas.check(broken, "report", "report.json")
 
 
 def test_force_rows_losses_swaps_and_duplicate(pools):

@@ -23,6 +23,7 @@ from .design import DesignRecord, read_record
 from .exceptions import ConfigurationError, InputError
 from .hypers import Noise
 from .model import InformationModel, build_model
+from .model.gap_featomic import check_species
 from .model.kernels import Kernel
 from .model.rows import mean_force_moment
 from .optimizers import cost_greedy, exchange, greedy, lazy_greedy
@@ -164,7 +165,10 @@ def criterion_inputs(name: str, model: InformationModel, pool: Pool, *, target_f
         else:
             raise ConfigurationError("--target-observable forces with the pool as target needs --observe energy,forces")
         return opts
-    if name in ("i", "g") and target_frames is not None:
+    if target_frames is not None:
+        if name not in ("i", "g"):
+            raise ConfigurationError(f"criterion {name} does not use a target set (only i and g do): "
+                                     "drop the target or choose --criterion i or g")
         opts["target"] = target_rows(model, target_frames)
     if name in ("fps", "cur"):
         if vectors is not None:
@@ -172,15 +176,6 @@ def criterion_inputs(name: str, model: InformationModel, pool: Pool, *, target_f
         else:
             opts["frames"] = pool.frames
     return opts
-
-
-def _check_covered(model: InformationModel, frames, what: str) -> None:
-    species = set(int(z) for z in model.sparse.species)
-    for k, atoms in enumerate(frames):
-        extra = set(int(z) for z in np.unique(atoms.numbers)) - species
-        if extra:
-            raise InputError(f"{what} frame {k} contains species {sorted(extra)} that the pool's sparse points do not "
-                             f"cover (species {sorted(species)})")
 
 
 def select(pool, *, n: int | None = None, criterion: str = "d", optimizer: str = "greedy", restarts: int = 0,
@@ -268,7 +263,7 @@ def select(pool, *, n: int | None = None, criterion: str = "d", optimizer: str =
                                         n_sparse=n_sparse, sparse_method=sparse_method, seed=seed,
                                         chunk_size=chunk_size, progress=progress)
     if target_frames is not None:
-        _check_covered(model, target_frames, "target")
+        check_species(target_frames, model.sparse.species, what="target frame")
     t0 = time.perf_counter()
     opts = criterion_inputs(criterion, model, pool, target_frames=target_frames, existing_frames=existing_frames,
                             target_observable=target_observable)
@@ -339,6 +334,7 @@ def select(pool, *, n: int | None = None, criterion: str = "d", optimizer: str =
         log_det_K_MM=model.log_det_K_MM,
         timings_s={k: round(v, 6) for k, v in timings.items()},
         extras=extras,
+        notes=list(model.notes),
     )
     return SelectionResult(list(selected), list(gains), float(crit.value()), list(values), record, model, pool,
                            stopped, extra=details)

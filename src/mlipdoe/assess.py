@@ -1,7 +1,7 @@
 """Assess a training set before DFT: adequacy certificate, informativeness, bias check, grade.
 
 Everything is label-free and computed from the information model of the spec
-(``shared/spec/information-model.md``; user guide ``docs/assess.md``) in whitened coordinates
+(``docs/information-model.md``; user guide ``docs/assess.md``) in whitened coordinates
 (K_MM = L Lᵀ, Ψ = Φ L⁻ᵀ, F̃(S) = I + Σ_{s∈S} W_sᵀ W_s, C = F̃⁻¹):
 
 - **identifiability** — eigenvalues of F̃ = K_MM^{-1/2} F K_MM^{-1/2} (the whitened
@@ -227,10 +227,14 @@ def prepare(train: Sequence[Atoms] | None = None, *, pool: Sequence[Atoms] | Non
 # ---------------------------------------------------------------------------
 
 
+def _inverse_information(F: np.ndarray) -> np.ndarray:
+    """C = F̃⁻¹ by Cholesky (F̃'s eigenvalues are ≥ 1, so it is well conditioned from below)."""
+    return scipy.linalg.cho_solve(scipy.linalg.cho_factor(F, lower=True), np.eye(len(F)))
+
+
 def posterior_covariance(model: InformationModel, members: Sequence[int]) -> np.ndarray:
-    """C = F̃(S)⁻¹ from scratch (Cholesky of F̃; its eigenvalues are ≥ 1), (M, M)."""
-    F = model.information(list(members))
-    return scipy.linalg.cho_solve(scipy.linalg.cho_factor(F, lower=True), np.eye(model.M))
+    """C = F̃(S)⁻¹ from scratch, (M, M)."""
+    return _inverse_information(model.information(list(members)))
 
 
 def summary(values: np.ndarray) -> dict:
@@ -267,7 +271,7 @@ def identifiability(model: InformationModel, members: Sequence[int], *, threshol
         ev = np.linalg.eigvalsh(F[sl, sl])[::-1]
         per_species.append({"species": int(z), "M": int(sl.stop - sl.start),
                             "n_constrained": int(np.sum(ev > 1.0 + threshold)), "eigenvalues": ev.tolist()})
-    C = scipy.linalg.cho_solve(scipy.linalg.cho_factor(F, lower=True), np.eye(model.M))
+    C = _inverse_information(F)
     return {
         "threshold": float(threshold),
         "M": int(model.M),
@@ -444,8 +448,8 @@ def design_efficiency(setup: AssessmentSetup, *, criterion: str = "d", seed: int
     """The set's criterion value relative to a greedy(+exchange) design of the same size.
 
     Reference: greedy from the pool candidates (pool frames, training frames excluded only
-    if they are not pool frames), then Fedorov exchange when ``mlipdoe.optimizers.exchange``
-    exists. Efficiency: for ``d`` (det F̃(S) / det F̃(S_ref))^(1/M) (Atkinson & Donev 1992);
+    if they are not pool frames), then Fedorov exchange
+    (:func:`mlipdoe.optimizers.exchange`). Efficiency: for ``d`` (det F̃(S) / det F̃(S_ref))^(1/M) (Atkinson & Donev 1992);
     for variance criteria (negative values) value_ref / value; otherwise value / value_ref.
     """
     from . import optimizers
@@ -459,15 +463,8 @@ def design_efficiency(setup: AssessmentSetup, *, criterion: str = "d", seed: int
     crit_ref = make_assess_criterion(setup, criterion)
     crit_ref.initialize(model, seed=seed)
     run = optimizers.greedy(crit_ref, n, available=available)
-    selected, ref_value, optimizer, note = list(run.selected), float(crit_ref.value()), "greedy", None
-    if hasattr(optimizers, "exchange"):
-        try:
-            ex = optimizers.exchange(crit_ref, selected, available=available, seed=seed)
-            selected, ref_value, optimizer = [int(i) for i in ex.selected], float(ex.value), "greedy+exchange"
-        except Exception as exc:  # pragma: no cover - depends on a concurrently developed API
-            note = f"exchange failed ({type(exc).__name__}: {exc}); greedy reference used"
-    else:
-        note = "mlipdoe.optimizers.exchange is not available: reference is the greedy design only"
+    ex = optimizers.exchange(crit_ref, list(run.selected), available=available, seed=seed)
+    selected, ref_value, optimizer, note = [int(i) for i in ex.selected], float(ex.value), "greedy+exchange", None
     value = float(_criterion_with(setup, members, criterion).value())
     if criterion in ("d", "random"):
         eff = math.exp((value - ref_value) / model.M)
@@ -742,7 +739,7 @@ def assess(setup: AssessmentSetup, *, targets: Mapping[str, Sequence[Atoms]] | N
            bias_alpha: float = BIAS_ALPHA, bias_min_ratio: float = BIAS_MIN_RATIO,
            labels: Sequence[Atoms] | None = None,
            predictions: Sequence[Atoms] | None = None, seed: int = 0) -> dict:
-    """Every number of the assessment report as a JSON-ready dict (see docs/report-schema.json).
+    """Every number of the assessment report as a JSON-ready dict (schema: mlipdoe/schemas/report.schema.json).
 
     The verdict is ADEQUATE when every target passes its check, NOT ADEQUATE (with the
     failed statistic of each failing target in ``reason``) otherwise, and NO TARGET when no
@@ -918,8 +915,12 @@ def write_report(report: dict, directory) -> Path:
     """Write ``report.json`` atomically into ``directory``; returns its path."""
     from .design import atomic_write_text
 
+    from . import schemas
+
     path = Path(directory) / "report.json"
-    atomic_write_text(path, json.dumps(json_ready(report), indent=1, allow_nan=False) + "\n")
+    data = json_ready(report)
+    schemas.check(data, "report", f"refusing to write {path}")
+    atomic_write_text(path, json.dumps(data, indent=1, allow_nan=False) + "\n")
     return path
 
 
