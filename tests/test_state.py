@@ -141,6 +141,30 @@ def test_removing_a_high_leverage_block_matches_from_scratch(meV_rows):
         assert st.n_refreshes == 0
 
 
+@pytest.mark.parametrize("rows", [1, 3])
+def test_low_leverage_removal_takes_woodbury_and_matches_from_scratch(meV_rows, rows):
+    M, W = meV_rows
+    rng = np.random.default_rng(11)
+    block = rng.normal(size=(rows, M)) * 0.1  # λ_max(W C Wᵀ) ≪ 1/2 next to the 1 meV rows
+    state = InformationState(M)
+    for m in range(25):
+        state.update(W[m], +1)
+    state.update(block, +1)
+    state.factor()
+    F_with, ld_with, C_with, _ = scratch(list(W[:25]) + [block], M)
+    assert np.linalg.eigvalsh(block @ C_with @ block.T).max() < 0.5
+    delta, Y, K = state.update(block, -1)
+    assert state.R is None  # the Woodbury path: factor dropped, rebuilt on demand
+    F, ld, C, _ = scratch(W[:25], M)
+    cond = np.linalg.norm(F_with, 2) / np.linalg.eigvalsh(F)[0]
+    assert delta == pytest.approx(ld - ld_with, abs=64 * EPS * cond * abs(ld))
+    assert_state_matches(state, W[:25], before=list(W[:25]) + [block])
+    np.testing.assert_allclose(Y, C @ block.T, rtol=0, atol=64 * EPS * cond * np.abs(C @ block.T).max())
+    np.testing.assert_allclose(C - Y @ K @ Y.T, C_with, rtol=0, atol=64 * EPS * cond * np.abs(C).max())
+    state.factor()
+    assert_state_matches(state, W[:25])
+
+
 def test_removing_a_frame_never_added_is_refused_and_leaves_the_state(meV_rows):
     M, W = meV_rows
     state = InformationState(M)
@@ -302,7 +326,7 @@ def test_criterion_removals_match_from_scratch_at_1_meV(zr_meV, name):
         # gains after the removal are the from-scratch increments
         cand = np.array([1, 2, 3, s])
         g = crit.gains(cand)
-        for c, gc in zip(cand, g):
+        for c, gc in zip(cand, g, strict=True):
             after, cond2 = _values_from_scratch(model, rest + [int(c)], crit)
             assert gc == pytest.approx(after - expected, abs=64 * EPS * max(cond, cond2) * max(abs(after), 1.0))
         crit.restore(snap)

@@ -80,8 +80,11 @@ class InformationState:
     term is bounded by C itself.
 
     **Removing** W the same way, C + U (I − W C Wᵀ)⁻¹ Uᵀ, is not: with σ_E = 1 meV a frame's
-    leverage w C wᵀ reaches 1 − 1e-8 and 1 − w C wᵀ is pure round-off. A removal therefore
-    works on the factor: R is downdated (rank-one Cholesky downdates, O(M²) per row; or,
+    leverage w C wᵀ reaches 1 − 1e-8 and 1 − w C wᵀ is pure round-off. The one stability
+    rule: while λ_min(I − W C Wᵀ) ≥ :attr:`woodbury_min` (1/2: the subtraction loses less
+    than one bit) the Woodbury downdate is used, O(M² r), and the factor is dropped (it is
+    rebuilt when next needed; trial removals undone by a restore get the old one back).
+    Otherwise the removal works on the factor: R is downdated (rank-one Cholesky downdates, O(M²) per row; or,
     for blocks with more rows than :attr:`rank_one_rows`, one Cholesky of F̃ − WᵀW, which
     is accurate because F̃ − WᵀW ⪰ I), then Y = C_new Wᵀ comes from two triangular solves
     and T = I + W Y has no cancellation: log det F̃ drops by log det T and
@@ -104,6 +107,9 @@ class InformationState:
 
     #: Largest allowed |Δ log det from C − Δ log det from R| / max(1, |Δ|) before a refresh.
     drift_tol = 1e-6
+    #: Removals with λ_min(I − W C Wᵀ) at least this use the Woodbury downdate (it then loses
+    #: less than one bit to cancellation); below it, the factor (see the class docstring).
+    woodbury_min = 0.5
 
     def __init__(self, M: int):
         self.M = M
@@ -252,6 +258,26 @@ class InformationState:
         return predicted, U, K, R_new, realised
 
     def _remove(self, W: np.ndarray):
+        r = len(W)
+        U = self.C @ W.T
+        S = np.eye(r) - W @ U
+        lam = float(S[0, 0]) if r == 1 else float(np.linalg.eigvalsh(0.5 * (S + S.T))[0])
+        if lam >= self.woodbury_min:  # loses less than one bit: Woodbury, and the factor is dropped
+            if r == 1:
+                K, Y = S, U / lam  # K = I − W C Wᵀ = (I + W C_new Wᵀ)⁻¹, Y = C_new Wᵀ = U S⁻¹
+                self.C = _ger(1.0 / lam, U[:, 0], U[:, 0], self.C)
+                self.F = _ger(-1.0, W[0], W[0], self.F)
+                delta = float(np.log(lam))
+            else:
+                cS = scipy.linalg.cho_factor(S, lower=True, check_finite=False)
+                K, Y = S, scipy.linalg.cho_solve(cS, U.T, check_finite=False).T
+                self.C += Y @ U.T
+                self.C = 0.5 * (self.C + self.C.T)
+                self.F = self.F - W.T @ W
+                delta = 2.0 * float(np.sum(np.log(np.diagonal(cS[0]))))
+            self.R = None
+            self.log_det += delta
+            return delta, Y, K
         self.factor()
         step = self._remove_step(W)
         if self._drifted(step[0], step[-1]):
