@@ -336,3 +336,13 @@ def test_wrong_label_keys_name_the_keys_the_file_has(tmp_path):
     assert "dft_force" in line and "--forces-key" in line
     code, out, err = cli(*base, "--energy-key", "dft_energy", "--forces-key", "dft_force")
     assert code == 0 and "energy, forces" in out, err
+
+
+def test_notes_of_the_record_go_to_stderr(files, tmp_path):
+    data = json.loads((files / "design.json").read_text())
+    data["notes"] = ["2 sparse points dropped (duplicates)", "second note"]
+    rec = tmp_path / "noted.json"
+    rec.write_text(json.dumps(data))
+    code, out, err = cli("score", "--record", rec)
+    assert code == 0, err
+    assert err.splitlines() == ["note: 2 sparse points dropped (duplicates)", "note: second note"]

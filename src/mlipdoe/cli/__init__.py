@@ -1,7 +1,7 @@
 """Command-line interface: parse → library call → print. No maths here.
 
-``app`` and the shared helpers live here; each submodule registers its commands on
-``app`` (``select.py``: generate/select/verify/demo).
+``app``, the entry point and the shared helpers live here; each submodule registers its
+commands on ``app``; the model options are defined once in ``options.py``.
 """
 
 from __future__ import annotations
@@ -193,7 +193,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         sys.exit(code)
 
 
+from . import select as _select  # noqa: E402,F401  (registers generate, select, score, verify, demo)
+from . import fit as _fit  # noqa: E402,F401  (registers fit, evaluate, benchmark)
 from . import assess as _assess  # noqa: E402,F401  (registers assess, grade)
-from . import fit as _fit  # noqa: E402,F401  (registers fit/evaluate/benchmark)
-from . import select as _select  # noqa: E402,F401  (registers commands)
 from . import store as _store  # noqa: E402,F401  (registers store build)
