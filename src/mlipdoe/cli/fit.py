@@ -19,7 +19,8 @@ ENERGY_KEY = typer.Option(None, "--energy-key",
                           help="info key of the energy when there is no calculator [default: energy]; must exist.")
 FORCES_KEY = typer.Option(None, "--forces-key",
                           help="arrays key of the forces when there is no calculator [default: force]; must exist.")
-FORCES = typer.Option(True, "--forces/--no-forces", help="Fit forces (every frame must have them) or energies only.")
+FORCES = typer.Option(True, "--forces/--no-forces",
+                      help="Fit forces when the frames have them (all frames or none), or energies only.")
 
 
 def _read_frames(paths):
@@ -114,7 +115,7 @@ def evaluate(
     test: List[Path] = typer.Argument(..., help="Labelled test frames."),
     energy_key: Optional[str] = ENERGY_KEY,
     forces_key: Optional[str] = FORCES_KEY,
-    forces: bool = typer.Option(True, "--forces/--no-forces", help="Evaluate forces (every frame must have them)."),
+    forces: bool = typer.Option(True, "--forces/--no-forces", help="Evaluate forces when the frames have them (all frames or none)."),
     plot: Optional[Path] = typer.Option(None, "--plot", help="Parity plot (PNG) to write."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Errors as JSON."),
 ):
