@@ -10,7 +10,7 @@ from conftest import SMALL_SOAP, run_cli
 
 import mlipdoe
 from mlipdoe.api import score, select
-from mlipdoe.exceptions import InputError
+from mlipdoe.exceptions import ConfigurationError, InputError
 
 # ----------------------------------------------------------------------------------------
 # toolbox (issue 3): select with criteria/optimizers/augmentation, score, CLI
@@ -79,7 +79,7 @@ def test_toolbox_bad_combinations(toolbox_frames, toolbox_model):
         select(toolbox_frames, n=3, model=toolbox_model, criterion="i", target=cu)
     with pytest.raises(InputError, match=r"species \[29\]"):
         select(toolbox_frames, n=3, model=toolbox_model, existing=cu)
-    with pytest.raises(InputError, match="unknown optimizer"):
+    with pytest.raises(ConfigurationError, match="unknown optimizer"):
         select(toolbox_frames, n=3, model=toolbox_model, optimizer="anneal")
 
 

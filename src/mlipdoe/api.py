@@ -21,7 +21,7 @@ from .criteria import (
 from .descriptors import SOAP
 from .design import DesignRecord, read_record
 from .exceptions import ConfigurationError, InputError
-from .hypers import Noise
+from .hypers import DesignConfig, ModelConfig, Noise
 from .model import InformationModel, build_model
 from .model.gap_featomic import check_species
 from .model.kernels import Kernel
@@ -49,11 +49,20 @@ def build_information_model(pool, *, soap: SOAP = SOAP(), kernel: Kernel = Kerne
                             seed: int = 0, chunk_size: int = 100, progress: Progress = NULL_PROGRESS,
                             sparse_locations=None) -> InformationModel:
     """:func:`mlipdoe.model.gap_featomic.build_model` on a pool (see there)."""
+    config = ModelConfig(soap=soap, kernel=kernel, noise=noise, observations=tuple(observations), n_sparse=n_sparse,
+                         sparse_method=sparse_method, seed=seed)
+    return model_for(pool, config, chunk_size=chunk_size, progress=progress, sparse_locations=sparse_locations)
+
+
+def model_for(pool, config: ModelConfig, *, chunk_size: int = 100, progress: Progress = NULL_PROGRESS,
+              sparse_locations=None) -> InformationModel:
+    """The information model of ``config`` on ``pool`` (sparse points chosen, or at ``sparse_locations``)."""
     pool = as_pool(pool)
+    config.validate()
     return build_model(
-        pool.frames, soap=soap, kernel=kernel, noise=noise, observations=observations, n_sparse=n_sparse,
-        sparse_method=sparse_method, seed=seed, chunk_size=chunk_size, config_types=pool.config_types,
-        sparse_locations=sparse_locations, progress=progress,
+        pool.frames, soap=config.soap, kernel=config.kernel, noise=config.noise, observations=config.observations,
+        n_sparse=config.n_sparse, sparse_method=config.sparse_method, seed=config.seed, chunk_size=chunk_size,
+        config_types=pool.config_types, sparse_locations=sparse_locations, progress=progress,
     )
 
 
@@ -195,7 +204,7 @@ def select(pool, *, n: int | None = None, criterion: str = "d", optimizer: str =
     criterion : str
         One of :data:`mlipdoe.criteria.CRITERIA`: d, a, i, g, e, maximin, random, fps, cur.
     optimizer : {"greedy", "exchange"}
-        Greedy (lazy automatically for submodular criteria with a count budget unless
+        Greedy (lazy automatically for submodular criteria, under any budget, unless
         ``lazy=False``), or greedy followed by Fedorov exchange with ``restarts``
         random restarts and at most ``max_iter`` swaps per run.
     budget_atoms, budget_cost, cost_power
@@ -233,25 +242,32 @@ def select(pool, *, n: int | None = None, criterion: str = "d", optimizer: str =
         cheapest frame, a target/existing frame with species the sparse points do not
         cover, more frames requested than available.
     """
-    pool = as_pool(pool)
-    if optimizer not in ("greedy", "exchange"):
-        raise InputError(f"unknown optimizer {optimizer!r}; use greedy or exchange")
-    if criterion not in CRITERIA:
-        raise InputError(f"unknown criterion {criterion!r} (available: {', '.join(CRITERIA)})")
     if not isinstance(restarts, (int, np.integer)) or restarts < 0:
         raise InputError(f"restarts must be a whole number >= 0, got {restarts}")
-    budget = make_budget(n=n, budget_atoms=budget_atoms, budget_cost=budget_cost, cost_power=cost_power)
-    fixed_idx = resolve_frames(list(fixed), pool, "fixed") + resolve_frames(include, pool, "include")
-    fixed_idx = list(dict.fromkeys(fixed_idx))
-    excluded = resolve_frames(exclude, pool, "exclude")
-    both = sorted(set(fixed_idx) & set(excluded))
-    if both:
-        raise InputError(f"frame {both[0]} is both included (or fixed) and excluded; drop it from one of them")
-    available = np.ones(len(pool), dtype=bool)
-    available[fixed_idx] = False
-    available[excluded] = False
-    if not available.any():
-        raise InputError("no pool frames are left to choose from after include/exclude")
+    config = DesignConfig(
+        model=ModelConfig(soap=soap, kernel=kernel, noise=noise, observations=tuple(observations), n_sparse=n_sparse,
+                          sparse_method=sparse_method, seed=seed),
+        criterion=criterion, optimizer=optimizer, restarts=int(restarts), max_iter=int(max_iter), threshold=threshold,
+        target_observable=target_observable, lazy=lazy,
+        budget=make_budget(n=n, budget_atoms=budget_atoms, budget_cost=budget_cost, cost_power=cost_power))
+    return design(pool, config, target=target, existing=existing, include=include, exclude=exclude, fixed=fixed,
+                  model=model, chunk_size=chunk_size, progress=progress)
+
+
+def design(pool, config: DesignConfig, *, target=None, existing=None, include=(), exclude=(),
+           fixed: Sequence[int] = (), model: InformationModel | None = None, chunk_size: int = 100,
+           progress: Progress = NULL_PROGRESS) -> SelectionResult:
+    """The selection workflow: frames → model rows → criterion → optimizer → design record.
+
+    ``config`` (:class:`~mlipdoe.hypers.DesignConfig`) holds everything the design depends on
+    and is written into the record (``DesignConfig.from_record`` reads it back); the other
+    arguments name frames (see :func:`select`). ``model``, when given, must have been built
+    with ``config.model`` on this pool.
+    """
+    pool = as_pool(pool)
+    config.validate()
+    budget = config.budget
+    fixed_idx, excluded, available = _candidates(pool, fixed, include, exclude)
     costs = budget.costs(pool.frames, n_atoms=pool.n_atoms)
     budget.check_affordable(costs, available)
     if budget.kind == "count" and int(budget.value) > int(available.sum()):
@@ -259,38 +275,16 @@ def select(pool, *, n: int | None = None, criterion: str = "d", optimizer: str =
     target_frames, target_info = _frames_and_file(target, "target")
     existing_frames, existing_info = _frames_and_file(existing, "existing")
     if model is None:
-        model = build_information_model(pool, soap=soap, kernel=kernel, noise=noise, observations=observations,
-                                        n_sparse=n_sparse, sparse_method=sparse_method, seed=seed,
-                                        chunk_size=chunk_size, progress=progress)
+        model = model_for(pool, config.model, chunk_size=chunk_size, progress=progress)
     if target_frames is not None:
         check_species(target_frames, model.sparse.species, what="target frame")
     t0 = time.perf_counter()
-    opts = criterion_inputs(criterion, model, pool, target_frames=target_frames, existing_frames=existing_frames,
-                            target_observable=target_observable)
-    crit = make_criterion(criterion, lenient=True, **opts)
-    crit.initialize(model, fixed=fixed_idx, seed=seed)
-    details: dict = {}
-    if budget.kind == "count":
-        use_lazy = bool(lazy and crit.submodular)
-        run_fn = lazy_greedy if use_lazy else greedy
-        run = run_fn(crit, int(budget.value), available=available, threshold=threshold, progress=progress)
-        details.update(lazy=use_lazy, **{k: v for k, v in run.extra.items() if k != "lazy"})
-    else:
-        run = cost_greedy(crit, costs, budget.value, available=available, threshold=threshold, progress=progress)
-        details.update(lazy=False, spent=run.extra["spent"], phases=run.extra["phases"])
-    details["n_gain_evaluations"] = run.n_evaluations
-    selected, gains, values, stopped = run.selected, run.gains, run.values, run.stopped_by
-    if optimizer == "exchange":
-        greedy_value = float(crit.value())
-        ex = exchange(crit, selected, available=available, max_iter=max_iter, restarts=int(restarts), seed=seed,
-                      costs=None if budget.kind == "count" else costs,
-                      budget=None if budget.kind == "count" else budget.value, progress=progress)
-        selected, gains, values = ex.selected, ex.gains, ex.values
-        details["exchange"] = {"greedy_value": greedy_value, "start_value": ex.start_value, "value": ex.value,
-                               "history": ex.history, "n_swaps": ex.n_swaps, "n_evaluations": ex.n_evaluations,
-                               "restarts": int(restarts), "max_iter": int(max_iter), "stopped_by": ex.stopped_by,
-                               "runs": [{k: v for k, v in r.items() if k != "history"} for r in ex.runs]}
-    spent = float(costs[selected].sum()) if selected else 0.0
+    opts = criterion_inputs(config.criterion, model, pool, target_frames=target_frames,
+                            existing_frames=existing_frames, target_observable=config.target_observable)
+    crit = make_criterion(config.criterion, lenient=True, **opts)
+    crit.initialize(model, fixed=fixed_idx, seed=config.model.seed)
+    run, details = _search(crit, config, costs, available, progress)
+    spent = float(costs[run.selected].sum()) if run.selected else 0.0
     timings = dict(model.timings, selection=time.perf_counter() - t0)
     budget_dict = budget.to_dict()
     budget_dict["spent"] = int(spent) if spent.is_integer() else spent
@@ -298,16 +292,17 @@ def select(pool, *, n: int | None = None, criterion: str = "d", optimizer: str =
         budget_dict["cost_source"] = "info" if uses_info_costs(pool.frames) else "n_atoms^p"
     extras = {
         "sparse_method": model.sparse_method,
-        "n_sparse": n_sparse if isinstance(n_sparse, int) else dict(n_sparse),
+        "n_sparse": config.model.to_dict()["n_sparse"],
+        "search": config.to_dict()["search"],
         "jitter": model.jitter,
         "sparse_points_dropped": model.sparse.dropped,
-        "threshold": threshold,
-        "stopped_by": stopped,
+        "threshold": config.threshold,
+        "stopped_by": run.stopped_by,
         "n_gain_evaluations": run.n_evaluations,
         "optimizer_details": details,
         "include": _as_spec_list(include),
         "exclude": _as_spec_list(exclude),
-        "target_observable": target_observable,
+        "target_observable": config.target_observable,
         "excluded": excluded,
     }
     if getattr(model, "store_info", None):
@@ -317,27 +312,56 @@ def select(pool, *, n: int | None = None, criterion: str = "d", optimizer: str =
     if target_info is not None:
         extras["target"] = target_info
     record = DesignRecord(
-        pool=[f.to_dict() for f in pool.files],
-        descriptor=model.soap.to_dict(),
-        kernel=model.kernel.to_dict(),
-        noise=model.noise.to_dict(),
-        observations=list(model.observations),
-        sparse_points=model.sparse.location_list(),
-        criterion=criterion,
-        optimizer=optimizer,
-        seed=int(seed),
-        budget=budget_dict,
-        fixed=fixed_idx,
-        selected=[int(s) for s in selected],
-        gains=[float(g) for g in gains],
-        value=float(crit.value()),
-        log_det_K_MM=model.log_det_K_MM,
-        timings_s={k: round(v, 6) for k, v in timings.items()},
-        extras=extras,
-        notes=list(model.notes),
+        pool=[f.to_dict() for f in pool.files], descriptor=model.soap.to_dict(), kernel=model.kernel.to_dict(),
+        noise=model.noise.to_dict(), observations=list(model.observations),
+        sparse_points=model.sparse.location_list(), criterion=config.criterion, optimizer=config.optimizer,
+        seed=int(config.model.seed), budget=budget_dict, fixed=fixed_idx, selected=[int(x) for x in run.selected],
+        gains=[float(g) for g in run.gains], value=float(crit.value()), log_det_K_MM=model.log_det_K_MM,
+        timings_s={k: round(v, 6) for k, v in timings.items()}, extras=extras, notes=list(model.notes),
     )
-    return SelectionResult(list(selected), list(gains), float(crit.value()), list(values), record, model, pool,
-                           stopped, extra=details)
+    return SelectionResult(list(run.selected), list(run.gains), float(crit.value()), list(run.values), record, model,
+                           pool, run.stopped_by, extra=details)
+
+
+def _candidates(pool: Pool, fixed, include, exclude):
+    """(fixed + included indices, excluded indices, available mask) of the pool."""
+    fixed_idx = list(dict.fromkeys(resolve_frames(list(fixed), pool, "fixed") + resolve_frames(include, pool, "include")))
+    excluded = resolve_frames(exclude, pool, "exclude")
+    both = sorted(set(fixed_idx) & set(excluded))
+    if both:
+        raise InputError(f"frame {both[0]} is both included (or fixed) and excluded; drop it from one of them")
+    available = np.ones(len(pool), dtype=bool)
+    available[fixed_idx] = False
+    available[excluded] = False
+    if not available.any():
+        raise InputError("no pool frames are left to choose from after include/exclude")
+    return fixed_idx, excluded, available
+
+
+def _search(crit, config: DesignConfig, costs: np.ndarray, available: np.ndarray, progress):
+    """Run the optimizer of ``config`` on an initialised criterion: (run with the final picks, details)."""
+    budget, details = config.budget, {}
+    if budget.kind == "count":
+        use_lazy = bool(config.lazy and crit.submodular)
+        run_fn = lazy_greedy if use_lazy else greedy
+        run = run_fn(crit, int(budget.value), available=available, threshold=config.threshold, progress=progress)
+        details.update(lazy=use_lazy, **{k: v for k, v in run.extra.items() if k != "lazy"})
+    else:
+        run = cost_greedy(crit, costs, budget.value, available=available, threshold=config.threshold,
+                          lazy=config.lazy, progress=progress)
+        details.update(run.extra)
+    details["n_gain_evaluations"] = run.n_evaluations
+    if config.optimizer == "exchange":
+        greedy_value = float(crit.value())
+        ex = exchange(crit, run.selected, available=available, max_iter=config.max_iter, restarts=config.restarts,
+                      seed=config.model.seed, costs=None if budget.kind == "count" else costs,
+                      budget=None if budget.kind == "count" else budget.value, progress=progress)
+        details["exchange"] = {"greedy_value": greedy_value, "start_value": ex.start_value, "value": ex.value,
+                               "history": ex.history, "n_swaps": ex.n_swaps, "n_evaluations": ex.n_evaluations,
+                               "restarts": config.restarts, "max_iter": config.max_iter, "stopped_by": ex.stopped_by,
+                               "runs": [{k: v for k, v in r.items() if k != "history"} for r in ex.runs]}
+        run.selected, run.gains, run.values = list(ex.selected), list(ex.gains), list(ex.values)
+    return run, details
 
 
 def score(pool, *, design, model: InformationModel | None = None, target=None, existing=None,
@@ -423,11 +447,7 @@ def model_from_record(record: DesignRecord | str | Path, pool, *, progress: Prog
         record = read_record(record)
     pool = as_pool(pool)
     check_pool_matches(record, pool)
-    return build_information_model(
-        pool, soap=SOAP.from_dict(record.descriptor), kernel=Kernel.from_dict(record.kernel),
-        noise=Noise.from_dict(record.noise), observations=record.observations,
-        sparse_locations=record.sparse_points, progress=progress,
-    )
+    return model_for(pool, ModelConfig.from_record(record), sparse_locations=record.sparse_points, progress=progress)
 
 
 def check_pool_matches(record: DesignRecord, pool: Pool) -> None:

@@ -53,6 +53,7 @@ from .exceptions import InputError
 from .hypers import Noise
 from .model import InformationModel
 from .model.kernels import Kernel
+from .pool import frame_key
 from .progress import NULL_PROGRESS, Progress
 
 REPORT_FORMAT = "mlipdoe.assess/1"
@@ -111,13 +112,6 @@ class AssessmentSetup:
     source: str = "frames"
     train_labels: list = field(default_factory=list)
     pool_labels: list = field(default_factory=list)
-
-
-def _frame_key(atoms: Atoms) -> bytes:
-    parts = [np.asarray(atoms.numbers, dtype=np.int64).tobytes(), np.asarray(atoms.pbc, dtype=bool).tobytes()]
-    for arr in (atoms.get_positions(), atoms.cell.array):
-        parts.append((np.round(np.asarray(arr, dtype=float), 6) + 0.0).tobytes())
-    return b"|".join(parts)
 
 
 def extend_model(model: InformationModel, frames: Sequence[Atoms]) -> InformationModel:
@@ -209,11 +203,11 @@ def prepare(train: Sequence[Atoms] | None = None, *, pool: Sequence[Atoms] | Non
         raise InputError("the training set is empty")
     n_pool = len(pool_frames)
     ext = extend_model(model, train)
-    keys = {_frame_key(a): k for k, a in enumerate(pool_frames)}
+    keys = {frame_key(a): k for k, a in enumerate(pool_frames)}
     cand = np.zeros(ext.n_frames, dtype=bool)
     cand[:n_pool] = True
     for a in train:
-        k = keys.get(_frame_key(a))
+        k = keys.get(frame_key(a))
         if k is not None:
             cand[k] = False
     return AssessmentSetup(ext, n_pool, list(range(n_pool, n_pool + len(train))), train, pool_frames, cand,

@@ -1,4 +1,14 @@
-"""Frozen hyperparameter objects that make up the design record (strict ``from_dict``)."""
+"""Frozen configuration objects that make up the design record (strict ``from_dict``).
+
+- :class:`Noise` — gap_fit's ``default_sigma`` (+ per ``config_type``);
+- :class:`ModelConfig` — everything the information model depends on: SOAP, kernel,
+  noise, observations, sparse points (number, method) and the seed;
+- :class:`DesignConfig` — a model config plus the criterion, the optimizer and the budget.
+
+Every workflow (``select``, ``score``, ``verify``, ``assess``, ``grade``) takes these; the
+command line parses into them; ``to_dict`` gives exactly the fields of the design record and
+``from_record`` reads them back, so a record says how to recompute itself.
+"""
 
 from __future__ import annotations
 
@@ -57,6 +67,7 @@ class Noise:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "Noise":
+        check_keys(data, {"energy", "force", "virial", "per_atom", "per_config_type"}, "noise")
         return cls(
             energy=data.get("energy", 0.001),
             force=data.get("force", 0.1),
@@ -64,3 +75,188 @@ class Noise:
             per_atom=data.get("per_atom", True),
             per_config_type=data.get("per_config_type", {}) or {},
         )
+
+
+def check_keys(data: Mapping, allowed, what: str) -> None:
+    """Refuse unknown keys in a config dict, naming them (a typo must not be dropped silently)."""
+    if not isinstance(data, Mapping):
+        raise ConfigurationError(f"{what} must be a mapping, got {type(data).__name__}")
+    unknown = sorted(set(data) - set(allowed))
+    if unknown:
+        raise ConfigurationError(f"unknown {what} key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} "
+                                 f"(known: {', '.join(sorted(allowed))})")
+
+
+OBSERVABLES = ("energy", "forces", "virials")
+SPARSE_METHODS = ("cur", "fps")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything the information model depends on.
+
+    Attributes
+    ----------
+    soap : SOAP
+        Descriptor hypers (featomic SOAP power spectrum).
+    kernel : Kernel
+        Dot-product kernel δ² (x·x')^ζ.
+    noise : Noise
+    observations : tuple of {"energy", "forces", "virials"}
+        Energy always; forces/virials add their rows to each frame's information.
+    n_sparse : int or mapping
+        Sparse points per centre species.
+    sparse_method : {"cur", "fps"}
+    seed : int
+        Seeds the sparse-point choice (and the criterion's ties / random baseline).
+    """
+
+    soap: object = None
+    kernel: object = None
+    noise: Noise = field(default_factory=Noise)
+    observations: tuple = ("energy",)
+    n_sparse: object = 100
+    sparse_method: str = "cur"
+    seed: int = 0
+
+    def __post_init__(self):
+        from .descriptors import SOAP
+        from .model.kernels import Kernel
+
+        if self.soap is None:
+            object.__setattr__(self, "soap", SOAP())
+        if self.kernel is None:
+            object.__setattr__(self, "kernel", Kernel())
+        obs = tuple(str(o).strip().lower() for o in self.observations)
+        object.__setattr__(self, "observations", obs)
+        object.__setattr__(self, "sparse_method", str(self.sparse_method).strip().lower())
+
+    def validate(self) -> "ModelConfig":
+        bad = [o for o in self.observations if o not in OBSERVABLES]
+        if bad or "energy" not in self.observations or len(set(self.observations)) != len(self.observations):
+            raise ConfigurationError(f"observations must include energy and be among {', '.join(OBSERVABLES)}, "
+                                     f"got {','.join(self.observations)}")
+        if self.sparse_method not in SPARSE_METHODS:
+            raise ConfigurationError(f"unknown sparse-point method {self.sparse_method!r} (use cur or fps)")
+        self.kernel.validate()
+        self.noise.validate()
+        return self
+
+    def to_dict(self) -> dict:
+        """The design record's model fields."""
+        n_sparse = self.n_sparse if isinstance(self.n_sparse, (int, np.integer)) else {
+            str(k): int(v) for k, v in dict(self.n_sparse).items()}
+        return {"descriptor": self.soap.to_dict(), "kernel": self.kernel.to_dict(), "noise": self.noise.to_dict(),
+                "observations": list(self.observations), "n_sparse": n_sparse,
+                "sparse_method": self.sparse_method, "seed": int(self.seed)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "ModelConfig":
+        from .descriptors import SOAP
+        from .model.kernels import Kernel
+
+        check_keys(data, MODEL_KEYS, "model config")
+        n_sparse = data.get("n_sparse", 100)
+        if isinstance(n_sparse, Mapping):
+            n_sparse = {int(k): int(v) for k, v in n_sparse.items()}
+        return cls(soap=SOAP.from_dict(data.get("descriptor", {})), kernel=Kernel.from_dict(data.get("kernel", {})),
+                   noise=Noise.from_dict(data.get("noise", {})), observations=tuple(data.get("observations", ("energy",))),
+                   n_sparse=n_sparse, sparse_method=data.get("sparse_method", "cur"), seed=int(data.get("seed", 0)))
+
+    @classmethod
+    def from_record(cls, record) -> "ModelConfig":
+        """The model config a design record was computed with (``record``: DesignRecord or its dict)."""
+        data = record.to_dict() if hasattr(record, "to_dict") else dict(record)
+        return cls.from_dict({k: data[k] for k in MODEL_KEYS if k in data})
+
+
+MODEL_KEYS = ("descriptor", "kernel", "noise", "observations", "n_sparse", "sparse_method", "seed")
+OPTIMIZERS = ("greedy", "exchange")
+TARGET_OBSERVABLES = ("energy", "forces")
+
+
+@dataclass(frozen=True)
+class DesignConfig:
+    """A model config plus how the design is searched.
+
+    Attributes
+    ----------
+    model : ModelConfig
+    criterion : str
+        d, a, i, g, e, maximin or a baseline (random, fps, cur); case-insensitive.
+    budget : Budget
+        Exactly one of a frame count, an atom budget or a DFT-cost budget.
+    optimizer : {"greedy", "exchange"}
+    restarts, max_iter : int
+        Fedorov exchange: random restarts, swaps per run.
+    threshold : float, optional
+        Stop when the best gain falls below it.
+    target_observable : {"energy", "forces"}
+        What ``i`` averages over the target.
+    lazy : bool
+        Lazy greedy for submodular criteria under a count budget (same picks, fewer evaluations).
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    criterion: str = "d"
+    budget: object = None
+    optimizer: str = "greedy"
+    restarts: int = 0
+    max_iter: int = 100
+    threshold: float | None = None
+    target_observable: str = "energy"
+    lazy: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "criterion", str(self.criterion).strip().lower())
+        object.__setattr__(self, "optimizer", str(self.optimizer).strip().lower())
+        object.__setattr__(self, "target_observable", str(self.target_observable).strip().lower())
+
+    def validate(self) -> "DesignConfig":
+        from .criteria import CRITERIA
+
+        self.model.validate()
+        if self.criterion not in CRITERIA:
+            raise ConfigurationError(f"unknown criterion {self.criterion!r} (available: {', '.join(CRITERIA)})")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigurationError(f"unknown optimizer {self.optimizer!r} (use greedy or exchange)")
+        if self.target_observable not in TARGET_OBSERVABLES:
+            raise ConfigurationError(f"target observable must be energy or forces, got {self.target_observable!r}")
+        if self.budget is None:
+            raise ConfigurationError("a design needs a budget: a frame count, an atom budget or a cost budget")
+        self.budget.validate()
+        if int(self.restarts) < 0 or int(self.max_iter) < 1:
+            raise ConfigurationError(f"need restarts >= 0 and max_iter >= 1, got {self.restarts}, {self.max_iter}")
+        return self
+
+    def to_dict(self) -> dict:
+        """The design record's configuration fields (model fields, criterion, optimizer, budget, search)."""
+        return {**self.model.to_dict(), "criterion": self.criterion, "optimizer": self.optimizer,
+                "budget": self.budget.to_dict(), "search": {
+                    "restarts": int(self.restarts), "max_iter": int(self.max_iter), "threshold": self.threshold,
+                    "target_observable": self.target_observable, "lazy": bool(self.lazy)}}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> "DesignConfig":
+        from .budget import Budget
+
+        check_keys(data, (*MODEL_KEYS, "criterion", "optimizer", "budget", "search"), "design config")
+        search = dict(data.get("search", {}))
+        check_keys(search, ("restarts", "max_iter", "threshold", "target_observable", "lazy"), "search options")
+        b = dict(data["budget"])
+        check_keys(b, ("kind", "value", "cost_power", "spent", "cost_source"), "budget")
+        budget = Budget(b["kind"], float(b["value"]), float(b.get("cost_power", 3.0)))
+        return cls(model=ModelConfig.from_dict({k: data[k] for k in MODEL_KEYS if k in data}),
+                   criterion=data.get("criterion", "d"), budget=budget, optimizer=data.get("optimizer", "greedy"),
+                   **search)
+
+    @classmethod
+    def from_record(cls, record) -> "DesignConfig":
+        """The configuration a design record was made with.
+
+        Records carry ``search`` since format 2; older ones get the defaults of the time
+        (no restarts, 100 swaps, no threshold, energy target, lazy).
+        """
+        data = record.to_dict() if hasattr(record, "to_dict") else dict(record)
+        keys = (*MODEL_KEYS, "criterion", "optimizer", "budget", "search")
+        return cls.from_dict({k: data[k] for k in keys if k in data})

@@ -475,7 +475,7 @@ def _find_duplicates(frames: list[Atoms]) -> list[tuple[int, int]]:
     buckets: dict[bytes, list[int]] = {}
     pairs = []
     for k, atoms in enumerate(frames):
-        key = _frame_key(atoms)
+        key = frame_key(atoms)
         candidates = buckets.setdefault(key, [])
         for first in candidates:
             if _same_frame(frames[first], atoms):
@@ -486,7 +486,7 @@ def _find_duplicates(frames: list[Atoms]) -> list[tuple[int, int]]:
     return pairs
 
 
-def _frame_key(atoms: Atoms) -> bytes:
+def frame_key(atoms: Atoms) -> bytes:
     """Hash key: numbers, pbc, rounded positions and cell."""
     h = hashlib.blake2b(digest_size=16)
     h.update(np.asarray(atoms.numbers, dtype=np.int64).tobytes())

@@ -86,8 +86,11 @@ class SOAP:
 
     @classmethod
     def from_dict(cls, data: dict) -> "SOAP":
+        from ..hypers import check_keys
+
         names = {f.name for f in fields(cls)}
-        kwargs = {k: v for k, v in data.items() if k in names}
+        check_keys(data, names, "descriptor")
+        kwargs = dict(data)
         if kwargs.get("species") is not None:
             kwargs["species"] = tuple(kwargs["species"])
         return cls(**kwargs)

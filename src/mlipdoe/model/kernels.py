@@ -63,6 +63,9 @@ class Kernel:
 
     @classmethod
     def from_dict(cls, data: Mapping) -> "Kernel":
+        from ..hypers import check_keys
+
+        check_keys(data, ("type", "zeta", "delta"), "kernel")
         if data.get("type", "dot_product") != "dot_product":
             raise ConfigurationError(f"unknown kernel type {data.get('type')!r}")
         return cls(zeta=data.get("zeta", 4), delta=data.get("delta", 1.0))
