@@ -20,14 +20,12 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import threadpoolctl
 
 import mlipdoe
+from core import bare_d_picks
 from mlipdoe.descriptors import SOAP, make_descriptor
 from mlipdoe.generate import zr_example
-from mlipdoe.model import build_model
-from mlipdoe.model.gap_featomic import chunk_energy_rows
 from mlipdoe.model.rows import whiten
 from mlipdoe.pool import pool_from_frames
 
@@ -72,18 +70,7 @@ def main() -> None:
         whiten(model.L, phi)
     bare_rows = time.perf_counter() - t
     del descs
-    # bare BLAS of the picks
-    psi = model.psi
-    C = np.eye(model.M)
-    q = np.empty(len(psi))
-    t = time.perf_counter()
-    for k in result.selected:
-        w = psi[k]
-        u = C @ w
-        y = psi @ u
-        q -= y * y
-        C -= np.outer(u, u) / (1.0 + w @ u)
-    bare_picks = time.perf_counter() - t
+    bare_picks = bare_d_picks(model.psi, result.selected)
     bare = bare_featomic + bare_rows + bare_picks
     print(f"bare featomic                  {bare_featomic:8.2f} s ({bare_featomic / n_atoms * 1e6:.1f} us/atom)")
     print(f"bare kernel rows               {bare_rows:8.2f} s")

@@ -53,6 +53,13 @@ def check_output(path, *, what: str = "output", folder: bool = False) -> Path:
     return path
 
 
+def output_folder(path, *, what: str = "output folder") -> Path:
+    """``path`` as an existing folder: created if missing (its parent must exist), refused if a file."""
+    path = check_output(path, what=what, folder=True)
+    path.mkdir(exist_ok=True)
+    return path
+
+
 @contextmanager
 def atomic_output(path, *, suffix: str = ".tmp", what: str = "output"):
     """Yield a temporary path in ``path``'s folder; on success it replaces ``path``.

@@ -13,10 +13,8 @@ The energy labels have an average per-atom offset e0 = mean_s E_s / n_s removed 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ import scipy.linalg
 from ase import Atoms
 
 from .descriptors import SOAP, AtomicDescriptors, SpeciesBlock, make_descriptor
+from .atomic import atomic_output, output_folder
 from .design import atomic_write_text
 from .exceptions import ConfigurationError, InputError, NumericalError
 from .hypers import Noise
@@ -232,21 +231,13 @@ class GPRModel:
     # -- persistence (no pickles) -----------------------------------------
     def save(self, directory) -> None:
         """Write ``model.json`` (hypers) and ``arrays.npz`` (L, β, sparse vectors)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = output_folder(directory, what="model folder")
         arrays = {"L": self.L, "beta": self.beta}
         for z in self.sparse.species:
             arrays[f"sparse_vectors_{z}"] = self.sparse.vectors[z]
             arrays[f"sparse_locations_{z}"] = np.asarray(self.sparse.locations[z], dtype=np.int64)
-        fd, tmp = tempfile.mkstemp(prefix=".arrays.", suffix=".npz", dir=directory)
-        os.close(fd)
-        try:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.replace(tmp, directory / "arrays.npz")
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_output(directory / "arrays.npz", suffix=".npz") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
         meta = {
             "format": MODEL_FORMAT, "engine": "builtin", "descriptor": self.soap.to_dict(),
             "kernel": self.kernel.to_dict(), "noise": self.noise.to_dict(), "e0": self.e0,
@@ -410,8 +401,7 @@ def fit_gap_fit(frames: Sequence[Atoms], labels: Labels | None = None, *, soap: 
     use_forces = use_forces and labels.forces is not None
     if soap.species is None:
         soap = soap.with_species(sorted({int(z) for a in frames for z in a.numbers}))
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
+    output = output_folder(output, what="gap_fit folder")
     e0 = average_e0(labels)
     train = []
     for k, atoms in enumerate(frames):

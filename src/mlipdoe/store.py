@@ -63,6 +63,7 @@ from typing import Sequence
 import numpy as np
 from ase import Atoms
 
+from .atomic import output_folder
 from .descriptors import SOAP, make_descriptor
 from .exceptions import ConfigurationError, InputError, StoreMismatchError
 from .hypers import Noise
@@ -319,7 +320,8 @@ class RowStore:
             return store
         if path.exists() and (not path.is_dir() or not _only_leftovers(path)):
             raise InputError(f"{path} exists and is not an mlipdoe store (no manifest.json); choose an empty or new directory")
-        (path / "chunks").mkdir(parents=True, exist_ok=True)
+        output_folder(path, what="store")
+        (path / "chunks").mkdir(exist_ok=True)
         manifest = {
             "format": STORE_FORMAT,
             "key": key,

@@ -22,6 +22,7 @@ from ase import Atoms
 
 from ..criteria import make_criterion, mean_pooled_descriptors
 from ..descriptors import SOAP
+from ..atomic import output_folder
 from ..design import atomic_write_text
 from ..exceptions import ConfigurationError, InputError
 from ..fit import Labels, fit_from_rows, read_labels
@@ -49,8 +50,8 @@ class BenchmarkConfig:
     n_random: int = 5
     soap: SOAP = SOAP()
     kernel: Kernel = Kernel()
-    noise: Noise = Noise(energy=0.002, force=0.1)
-    n_sparse: int = 300
+    noise: Noise = field(default_factory=Noise)
+    n_sparse: int = 100
     sparse_method: str = "cur"
     seed: int = 0
     use_forces: bool = True
@@ -330,8 +331,7 @@ def plot_learning_curves(result: BenchmarkResult, path, *, test_set: str, title:
 
 def write_outputs(result: BenchmarkResult, directory, *, title: str = "", command: str = "") -> dict:
     """results.csv, learning_curves_<test>.png and summary.md in ``directory``; returns the paths."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = output_folder(directory, what="benchmark folder")
     paths = {"csv": directory / "results.csv", "summary": directory / "summary.md"}
     atomic_write_text(paths["csv"], results_csv(result))
     for t in result.test_sets:
