@@ -120,6 +120,13 @@ class ModelOptions:
     def observations(self) -> tuple[str, ...]:
         return tuple(t.lower() for t in split_list(self._need("observe")))
 
+    def config(self, seed: int = 0):
+        """The :class:`~mlipdoe.hypers.ModelConfig` of these options (needs every model group)."""
+        from ..hypers import ModelConfig
+
+        return ModelConfig(soap=self.soap, kernel=self.kernel, noise=self.noise, observations=self.observations,
+                           n_sparse=self.n_sparse, sparse_method=self.sparse_method, seed=int(seed)).validate()
+
     def given_of(self, *groups: str) -> list[str]:
         """The given option names that belong to ``groups``."""
         names = {_OPTION_NAMES[n] for g in groups for n, _, _ in GROUPS[g]}

@@ -120,51 +120,25 @@ def select(
     model: ModelOptions = None,
 ):
     """Select the frames to compute with DFT and write them with a design record."""
-    from ..api import select as run_select
+    from ..api import design, make_budget
     from ..atomic import check_output
-    from ..pool import read_pool
+    from ..hypers import DesignConfig
 
-    criterion, optimizer = criterion.strip().lower(), optimizer.strip().lower()
-    target_observable = target_observable.strip().lower()
-    _check_select_options(ctx, model, criterion=criterion, optimizer=optimizer, store=store,
-                          budget_cost=budget_cost, existing=existing)
+    _check_select_options(ctx, model, criterion=criterion.strip().lower(), optimizer=optimizer.strip().lower(),
+                          store=store, budget_cost=budget_cost, existing=existing)
+    config = DesignConfig(
+        model=model.config(seed), criterion=criterion, optimizer=optimizer, restarts=restarts, max_iter=max_iter,
+        threshold=threshold, target_observable=target_observable,
+        budget=make_budget(n=n, budget_atoms=budget_atoms, budget_cost=budget_cost, cost_power=cost_power),
+    ).validate()
     check_output(output, what="-o")
     check_output(record, what="--record")
-    if store is not None:
-        check_output(store, what="--store", folder=True)
-    observations = model.observations
     progress = _progress(quiet)
-    paths = [str(p) for p in pool]
-    if store is not None:  # a warm store: read the pool through its index (no parsing)
-        from ..pool_index import POOL_INDEX, index_pool, read_pool_indexed
-
-        frames = read_pool_indexed(paths, Path(store) / POOL_INDEX, progress=progress)
-    else:
-        frames = read_pool(paths, progress=progress)
-    soap, kernel, noise = model.soap, model.kernel, model.noise
-    built = None
-    if store is not None:
-        if observations != ("energy",):
-            raise InputError("--store holds energy rows only; use --observe energy with --store")
-        from ..store import build_model_stored
-
-        built = build_model_stored(
-            frames.frames, store=store, soap=soap, kernel=kernel, noise=noise, n_sparse=model.n_sparse,
-            sparse_method=model.sparse_method, seed=seed, memory_limit=memory_limit, scheduler=scheduler,
-            sparse_sample=sparse_sample or None, config_types=frames.config_types,
-            pool_sha256=[f.sha256 for f in frames.files], n_atoms=frames.n_atoms, species=frames.species,
-            progress=progress,
-        )
-        index_pool(frames, store)
-    result = run_select(
-        frames, n=n, budget_atoms=budget_atoms, budget_cost=budget_cost, cost_power=cost_power,
-        criterion=criterion, optimizer=optimizer, restarts=restarts, max_iter=max_iter,
-        target=str(target) if target else None, target_observable=target_observable,
-        existing=str(existing) if existing else None,
-        include=split_list(include), exclude=split_list(exclude), observations=observations,
-        soap=soap, kernel=kernel, noise=noise, n_sparse=model.n_sparse, sparse_method=model.sparse_method, seed=seed,
-        threshold=threshold, model=built, progress=progress,
-    )
+    frames, built = _pool_and_model([str(p) for p in pool], config, store=store, memory_limit=memory_limit,
+                                    scheduler=scheduler, sparse_sample=sparse_sample, progress=progress)
+    result = design(frames, config, target=str(target) if target else None,
+                    existing=str(existing) if existing else None, include=split_list(include),
+                    exclude=split_list(exclude), model=built, progress=progress)
     _write_outputs(result, output, record)
     _print_picks(result)
     print_notes(result.record)
@@ -180,6 +154,32 @@ def select(
         b = result.record.budget
         out.print(f"budget ({b['kind']}): spent {b['spent']:g} of {b['value']:g}")
     out.print(f"wrote {output} and {record}")
+
+
+def _pool_and_model(paths, config, *, store, memory_limit, scheduler, sparse_sample, progress):
+    """The pool, and with ``--store`` its model from the resumable row store (else None: built in memory)."""
+    from ..atomic import check_output
+    from ..pool import read_pool
+
+    if store is None:
+        return read_pool(paths, progress=progress), None
+    from ..pool_index import POOL_INDEX, index_pool, read_pool_indexed
+    from ..store import build_model_stored
+
+    check_output(store, what="--store", folder=True)
+    if config.model.observations != ("energy",):
+        raise InputError("--store holds energy rows only; use --observe energy with --store")
+    frames = read_pool_indexed(paths, Path(store) / POOL_INDEX, progress=progress)  # warm: no parsing
+    m = config.model
+    built = build_model_stored(
+        frames.frames, store=store, soap=m.soap, kernel=m.kernel, noise=m.noise, n_sparse=m.n_sparse,
+        sparse_method=m.sparse_method, seed=m.seed, memory_limit=memory_limit, scheduler=scheduler,
+        sparse_sample=sparse_sample or None, config_types=frames.config_types,
+        pool_sha256=[f.sha256 for f in frames.files], n_atoms=frames.n_atoms, species=frames.species,
+        progress=progress,
+    )
+    index_pool(frames, store)
+    return frames, built
 
 
 @app.command()
