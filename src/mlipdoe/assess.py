@@ -337,7 +337,7 @@ def _criterion_with(setup, members: Sequence[int], criterion: str = "d"):
 
 
 def informativeness(setup: AssessmentSetup, *, criterion: str = "d", redundant_fraction: float = REDUNDANT_FRACTION,
-                    C: np.ndarray | None = None, state=None) -> dict:
+                    state=None) -> dict:
     """Loss on removal and best swap partner of each member.
 
     loss_s = value(S) − value(S \\ s) (= −``Criterion.remove``); best swap: after removing s,
@@ -356,9 +356,7 @@ def informativeness(setup: AssessmentSetup, *, criterion: str = "d", redundant_f
 
     ``state``: optional criterion already holding exactly the members (reused; every trial
     removal is undone with ``snapshot``/``restore``; the leave-one-out quantities are read
-    from its information state when it has one). ``C``: not needed (the leave-one-out
-    quantities come from the information state); accepted so that callers holding F̃(S)⁻¹
-    need not change.
+    from its information state when it has one).
     """
     from .state import InformationState
 
@@ -787,7 +785,7 @@ def assess(setup: AssessmentSetup, *, targets: Mapping[str, Sequence[Atoms]] | N
     report["adequacy"] = {"max_std_meV": float(max_std), "min_fraction": float(min_fraction), "targets": checks,
                           "verdict": verdict, "reason": reason}
     state = _criterion_with(setup, members, criterion)  # shared: informativeness restores it after each trial
-    report["informativeness"] = informativeness(setup, criterion=criterion, redundant_fraction=redundant_fraction, C=C,
+    report["informativeness"] = informativeness(setup, criterion=criterion, redundant_fraction=redundant_fraction,
                                                 state=state)
     report["best_additions"] = best_additions(setup, k=top_k, criterion=criterion, state=state)
     report["design_efficiency"] = design_efficiency(setup, criterion=criterion, seed=seed)
