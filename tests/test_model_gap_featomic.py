@@ -136,3 +136,11 @@ def test_fewer_sparse_points_than_requested_is_said(zr_pool):
     assert model.M < 10 * sum(len(a) for a in few)
     assert any(f"{model.M} of the" in note for note in model.notes)
     assert build_model(zr_pool, soap=SMALL_SOAP, n_sparse=5).notes == []
+
+
+def test_the_featomic_model_implements_the_model_protocol(binary):
+    from mlipdoe.model import PoolModel, RowModel
+
+    _, model = binary
+    assert isinstance(model, RowModel) and isinstance(model, PoolModel)
+    assert model.factor(0).shape[1] == model.M

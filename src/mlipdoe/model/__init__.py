@@ -7,6 +7,7 @@ state, the criteria, the store, the built-in fit, assessment and grading — con
 these rows and computes none of its own.
 """
 
+from .base import PoolModel, RowModel
 from .gap_featomic import (
     OBSERVABLES,
     DescriptorSource,
@@ -25,6 +26,8 @@ __all__ = [
     "InformationModel",
     "Kernel",
     "ObservationRows",
+    "PoolModel",
+    "RowModel",
     "SparsePoints",
     "build_model",
     "cholesky_with_jitter",
