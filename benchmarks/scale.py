@@ -1,4 +1,4 @@
-"""Issue 7 benchmark: a 100,000-frame pool on one machine through the row store.
+"""Scale benchmark: a 100,000-frame pool on one machine through the row store.
 
     python benchmarks/scale.py [--n-frames 100000] [--n-sparse 1000] [--picks 1000]
                                [--memory-limit 2GB] [--scheduler serial|local|tcp://...]

@@ -1,4 +1,4 @@
-"""Issue 3 benchmark: every criterion, lazy greedy, exchange and FPS vs skmatter.
+"""Toolbox benchmark: every criterion, lazy greedy, exchange and FPS vs skmatter.
 
     python benchmarks/toolbox.py [--n-frames 5000] [--n-sparse 50] [--picks 50] [--supercell 2,2,1]
 

@@ -55,6 +55,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     parser.add_argument("--docs", type=Path, default=REPO / "docs" / "benchmarks.md")
     args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)  # the results root; each run writes a folder in it
     if not EAM_FILE.exists():
         print(f"skipped: {EAM_FILE} not found (the EAM labeller lives in ../shared/data)")
         return 0

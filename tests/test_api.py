@@ -1,4 +1,4 @@
-"""Public API. Toolbox section (issue 3): augmentation, targets, scoring, CLI options."""
+"""Public API. Toolbox section: augmentation, targets, scoring, CLI options."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from mlipdoe.api import score, select
 from mlipdoe.exceptions import ConfigurationError, InputError
 
 # ----------------------------------------------------------------------------------------
-# toolbox (issue 3): select with criteria/optimizers/augmentation, score, CLI
+# toolbox: select with criteria/optimizers/augmentation, score, CLI
 # ----------------------------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Issue 2 contract: energy rows, whitened information, D-optimal greedy, record, seeds.
+"""Selection core: energy rows, whitened information, D-optimal greedy, record, seeds.
 
 Every number is checked against an independent computation: brute-force kernel sums
 over atoms for Φ, numpy slogdet of the whitened F̃ for the D value.

@@ -1,4 +1,4 @@
-"""The resumable row store (issue 7): resume, refusal, Dask, memory cap."""
+"""The resumable row store: resume, refusal, Dask, memory cap."""
 
 from __future__ import annotations
 

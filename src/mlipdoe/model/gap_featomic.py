@@ -597,6 +597,10 @@ def build_model(
     sparse_method : {"cur", "fps"}
     chunk_size : int
         Frames per descriptor call (~100 is fastest with featomic).
+    cache_limit_bytes : float
+        The pool's descriptors are computed once and replayed for CUR's two passes and the
+        rows: in memory up to this many bytes, beyond it from a temporary on-disk cache
+        (:class:`DescriptorSource`); ``timings["descriptor_passes"]`` is 1.
     sparse_locations : sequence of [frame, atom], optional
         Use these pool environments as sparse points (e.g. from a design record)
         instead of choosing them.
