@@ -81,3 +81,19 @@ def run_cli(*args, cwd=None):
         [sys.executable, "-c", "from mlipdoe.cli import main; main()", *map(str, args)],
         capture_output=True, text=True, cwd=cwd,
     )
+
+
+OBS_EFV = ("energy", "forces", "virials")
+
+
+@pytest.fixture(scope="module")
+def energy_and_force_models(cuni_pool):
+    """The same 12 Cu/Ni frames and sparse points with energy, energy+force and all rows."""
+    from mlipdoe.model import build_model
+
+    frames = cuni_pool[:12]
+    energy = build_model(frames, soap=SMALL_SOAP, n_sparse=10, seed=0)
+    locations = energy.sparse.location_list()
+    forces = build_model(frames, soap=SMALL_SOAP, sparse_locations=locations, observations=("energy", "forces"))
+    full = build_model(frames, soap=SMALL_SOAP, sparse_locations=locations, observations=OBS_EFV)
+    return frames, energy, forces, full

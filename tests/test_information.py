@@ -19,16 +19,6 @@ from mlipdoe.model.rows import mean_force_moment
 OBS_EFV = ("energy", "forces", "virials")
 
 
-@pytest.fixture(scope="module")
-def energy_and_force_models(cuni_pool):
-    frames = cuni_pool[:12]
-    energy = build_model(frames, soap=SMALL_SOAP, n_sparse=10, seed=0)
-    locations = energy.sparse.location_list()
-    forces = build_model(frames, soap=SMALL_SOAP, sparse_locations=locations, observations=("energy", "forces"))
-    full = build_model(frames, soap=SMALL_SOAP, sparse_locations=locations, observations=OBS_EFV)
-    return frames, energy, forces, full
-
-
 def test_force_rows_only_add_information_loewner_order(energy_and_force_models):
     frames, energy, forces, full = energy_and_force_models
     assert forces.M == energy.M

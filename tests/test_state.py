@@ -220,16 +220,6 @@ def test_periodic_refresh_after_refresh_every_updates(meV_rows):
 # -- moved from the information-model tests: block gains and Woodbury with forces ----
 
 
-@pytest.fixture(scope="module")
-def energy_and_force_models(cuni_pool):
-    frames = cuni_pool[:12]
-    energy = build_model(frames, soap=SMALL_SOAP, n_sparse=10, seed=0)
-    locations = energy.sparse.location_list()
-    forces = build_model(frames, soap=SMALL_SOAP, sparse_locations=locations, observations=("energy", "forces"))
-    full = build_model(frames, soap=SMALL_SOAP, sparse_locations=locations, observations=OBS_EFV)
-    return frames, energy, forces, full
-
-
 def test_force_block_gain_equals_slogdet_increment(energy_and_force_models):
     frames, _, _, full = energy_and_force_models
     state = InformationState(full.M)
