@@ -11,6 +11,7 @@ smaller budgets are its prefixes.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import time
 from dataclasses import dataclass, field
@@ -139,20 +140,17 @@ def run_benchmark(pool: Sequence[Atoms], test_sets: Mapping[str, Sequence[Atoms]
                         config_types=cts)
     timings["model"] = time.perf_counter() - t0
     log(f"model: {len(vault)} frames, M = {model.M} ({timings['model']:.1f} s)")
-    force_model = None
-    if any(s.endswith(FORCE_SUFFIX) for s in config.strategies):
-        t0 = time.perf_counter()
-        try:
-            force_model = build_model(vault.frames, soap=model.soap, kernel=config.kernel, noise=config.noise,
-                                      observations=("energy", "forces"), sparse_locations=model.sparse.location_list(),
-                                      config_types=cts)
-            timings["force_model"] = time.perf_counter() - t0
-            log(f"force-row model ({timings['force_model']:.1f} s)")
-        except ConfigurationError as exc:
-            notes.append(f"force-aware strategies skipped: {exc}")
-    # rows of pool (label free) and test frames, once
+    # rows of the pool (label free) and the test frames, once: the pool's force rows serve
+    # both the fits and the force-aware designs
     t0 = time.perf_counter()
-    pool_rows = _rows(model, vault.frames, use_forces)
+    want_force_model = any(s.endswith(FORCE_SUFFIX) for s in config.strategies)
+    pool_rows = _rows(model, vault.frames, use_forces or want_force_model)
+    force_model = None
+    if want_force_model:
+        force_model = dataclasses.replace(model)
+        force_model.set_pool_rows(enumerate(pool_rows), observations=("energy", "forces"))
+    if not use_forces:
+        pool_rows = [r.select(("energy",)) for r in pool_rows]
     test_rows, test_labels = {}, {}
     for name, frames in test_sets.items():
         test_labels[name] = read_labels(frames, energy_key=energy_key, forces_key=forces_key)

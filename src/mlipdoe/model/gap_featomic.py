@@ -527,6 +527,26 @@ class InformationModel:
         cts = [self.config_types[i] for i in indices] if self.config_types is not None else None
         return self.observation_rows(frames, observations=observations, config_types=cts)
 
+    def set_pool_rows(self, rows, *, observations: Sequence[str]) -> None:
+        """Take the pool's information from its observation rows: compressed factors + force moment.
+
+        ``rows``: ``(index, ObservationRows)`` of every pool frame (any order), e.g. a stream
+        of :meth:`iter_observation_rows` or rows already computed for a fit, so that a pool's
+        force rows are computed once. Sets ``factors``, ``pool_force_moment`` and
+        ``observations``.
+        """
+        factors: list = [None] * self.n_frames
+        moment = np.zeros((self.M, self.M)) if "forces" in observations else None
+        for index, r in rows:
+            factors[index] = r.compressed()
+            if moment is not None:
+                f = r.psi[r.kind == "force"]
+                moment += f.T @ f / len(f)
+        if any(f is None for f in factors):
+            raise InputError(f"rows given for {sum(f is not None for f in factors)} of the {self.n_frames} pool frames")
+        self.factors, self.observations = factors, tuple(observations)
+        self.pool_force_moment = None if moment is None else moment / self.n_frames
+
     def force_variance_rows(self, frames: Sequence[Atoms]) -> list[np.ndarray]:
         """Per target frame t a factor B_t (k_t × M) with B_tᵀB_t = Ψ_F,tᵀ Ψ_F,t / (3 n_t).
 
@@ -649,17 +669,9 @@ def build_model(
         if config_types is not None and len(config_types) != len(frames):
             raise InputError(f"config_types has {len(config_types)} entries for {len(frames)} frames")
         t3 = time.perf_counter()
-        factors: list = [None] * len(frames)
-        moment = np.zeros((model.M, model.M)) if "forces" in observations else None
         with progress.stage("force rows", len(frames)) as advance:
-            for index, rows in model.iter_observation_rows(frames, config_types=config_types, progress=advance):
-                factors[index] = rows.compressed()
-                if moment is not None:
-                    f = rows.psi[rows.kind == "force"]
-                    moment += f.T @ f / len(f)
-        model.factors = factors
-        if moment is not None:
-            model.pool_force_moment = moment / len(frames)
+            stream = model.iter_observation_rows(frames, config_types=config_types, progress=advance)
+            model.set_pool_rows(stream, observations=observations)
         timings["force_rows"] = time.perf_counter() - t3
     return model
 
