@@ -167,15 +167,20 @@ def segment_sums(values: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> 
     return np.add.reduceat(values, starts, axis=0)
 
 
-def _species_kernel(block, z: int, sparse: SparsePoints, kernel: Kernel, cols: dict) -> np.ndarray:
-    """k(x_i, Z_z) of every environment of species z in a chunk, (n_env, M_z)."""
+def _species_dots(block, z: int, sparse: SparsePoints, cols: dict) -> np.ndarray:
+    """x_i·z_m of every environment of species z in a chunk with that species' sparse points, (n_env, M_z)."""
     if z not in cols:
         raise InputError(f"species {z} is not covered by the sparse points (species {list(cols)})")
     # arrays unpickled on a Dask worker can sit at unaligned addresses, where numpy's matmul
     # skips BLAS and rounds differently: align them so every path gives the same bits
     X = np.require(block.values, requirements="A")
     Z = np.require(sparse.vectors[z], requirements=["A", "C"])
-    return kernel.power(X @ Z.T)
+    return X @ Z.T
+
+
+def _species_kernel(block, z: int, sparse: SparsePoints, kernel: Kernel, cols: dict) -> np.ndarray:
+    """k(x_i, Z_z) = δ² (x_i·z_m)^ζ of every environment of species z in a chunk, (n_env, M_z)."""
+    return kernel.power(_species_dots(block, z, sparse, cols))
 
 
 def chunk_energy_rows(desc, sparse: SparsePoints, kernel: Kernel) -> np.ndarray:
@@ -244,11 +249,9 @@ def kernel_gradient_rows(desc, sparse, kernel, n_atoms: Sequence[int], *, positi
     strain_full = np.zeros((n_frames, 3, 3, M)) if strain else None
     zeta, d2 = float(kernel.zeta), kernel.delta**2
     for z, block in desc.blocks.items():
-        if z not in cols:
-            raise InputError(f"species {z} is not covered by the sparse points (species {list(cols)})")
+        dots = _species_dots(block, z, sparse, cols)  # (n_env, M_z)
         Z = sparse.vectors[z]
         x = block.values
-        dots = x @ Z.T  # (n_env, M_z)
         # dk/dp = A ⊙ (z·dp − (x·z)(x·dp)),  A = δ² ζ (x·z)^{ζ−1} / |p|
         A = d2 * zeta * (dots ** (zeta - 1.0) if zeta != 1 else np.ones_like(dots)) / block.norms[:, None]
         Mz = Z.shape[0]
