@@ -21,6 +21,7 @@ from mlipdoe import assess as A
 from mlipdoe import schemas
 from mlipdoe.api import select
 from mlipdoe.exceptions import InputError
+from mlipdoe.hypers import ModelConfig
 from mlipdoe.generate import generate_strained
 
 MAX_STD = 5.0  # meV/atom, fixed in advance (see the module docstring)
@@ -53,7 +54,7 @@ def small_train(pools):
 
 @pytest.fixture(scope="module")
 def small_setup(pools, small_train):
-    return A.prepare(small_train, pool=pools["wide"], soap=SMALL_SOAP, n_sparse=25)
+    return A.prepare(small_train, pool=pools["wide"], config=ModelConfig(soap=SMALL_SOAP, n_sparse=25))
 
 
 # -- independent oracles -----------------------------------------------------
@@ -134,7 +135,7 @@ def test_identifiability_matches_eigendecomposition(d_setup):
 
 
 def test_identifiability_per_species_blocks(cuni_pool):
-    setup = A.prepare(cuni_pool[:12], soap=SMALL_SOAP, n_sparse=10)  # model on the training set itself
+    setup = A.prepare(cuni_pool[:12], config=ModelConfig(soap=SMALL_SOAP, n_sparse=10))  # model on the training set itself
     rep = A.identifiability(setup.model, setup.members, threshold=0.5)
     F = whitened_info(setup.model, setup.members)
     slices = setup.model.sparse.slices()
@@ -172,7 +173,7 @@ def test_removal_losses_and_swap_gains_equal_from_scratch_differences(d_setup):
 def test_duplicated_training_frame_is_redundant(pools, design):
     train = [pools["wide"][i] for i in design.selected]
     train.append(train[3].copy())
-    setup = A.prepare(train, pool=pools["wide"], soap=SMALL_SOAP, n_sparse=25)
+    setup = A.prepare(train, pool=pools["wide"], config=ModelConfig(soap=SMALL_SOAP, n_sparse=25))
     info = A.informativeness(setup)
     flags = [m["redundant"] for m in info["members"]]
     assert flags[10] and flags[3]
@@ -216,7 +217,7 @@ def test_bias_check_warns_for_random_split_not_for_other_strain_range(pools):
     run = generate_strained("Zr", n_frames=60, max_strain=0.01, rattle=0.02, seed=21)
     order = np.random.default_rng(5).permutation(60)
     train, test_same = [run[i] for i in order[:48]], [run[i] for i in order[48:]]
-    setup = A.prepare(train, pool=pools["wide"], soap=SMALL_SOAP, n_sparse=25)
+    setup = A.prepare(train, pool=pools["wide"], config=ModelConfig(soap=SMALL_SOAP, n_sparse=25))
     same = A.assess(setup, test=test_same)["bias_check"]
     other = A.assess(setup, test=pools["target"])["bias_check"]
     assert same["warning"] is not None and "inside the training distribution" in same["warning"]
@@ -331,7 +332,7 @@ def test_force_rows_losses_swaps_and_duplicate(pools):
     pool = generate_strained("Zr", n_frames=12, max_strain=0.05, rattle=0.05, seed=31)
     train = generate_strained("Zr", n_frames=4, max_strain=0.01, rattle=0.05, seed=32)
     train.append(train[1].copy())
-    setup = A.prepare(train, pool=pool, soap=SMALL_SOAP, n_sparse=12, observations=("energy", "forces"))
+    setup = A.prepare(train, pool=pool, config=ModelConfig(soap=SMALL_SOAP, n_sparse=12, observations=("energy", "forces")))
     model = setup.model
     assert model.factors is not None and len(model.factors) == 17
     rep = A.assess(setup, targets={"t": pools["target"][:3]})

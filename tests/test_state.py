@@ -17,7 +17,7 @@ from mlipdoe import assess as A
 from mlipdoe.criteria import make_criterion
 from mlipdoe.exceptions import InputError
 from mlipdoe.generate import generate_strained
-from mlipdoe.hypers import Noise
+from mlipdoe.hypers import ModelConfig, Noise
 from mlipdoe.model import build_model
 from mlipdoe.state import InformationState, cholesky_downdate, cholesky_update
 
@@ -327,7 +327,7 @@ def test_informativeness_matches_leave_one_out_from_scratch_at_1_meV(zr_meV):
     frames, _ = zr_meV
     train = [frames[i] for i in (0, 9, 18, 27)]
     train.append(train[2].copy())  # an exact duplicate: redundant by the noise criterion
-    setup = A.prepare(train, pool=frames, soap=SMALL_SOAP, n_sparse=20, noise=Noise(energy=0.001))
+    setup = A.prepare(train, pool=frames, config=ModelConfig(soap=SMALL_SOAP, n_sparse=20, noise=Noise(energy=0.001)))
     model, members = setup.model, list(setup.members)
     info = A.informativeness(setup)
     F = model.information(members)

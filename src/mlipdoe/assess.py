@@ -47,12 +47,10 @@ import numpy as np
 import scipy.linalg
 from ase import Atoms
 
-from .descriptors import SOAP
 from .design import json_ready
-from .exceptions import InputError
-from .hypers import Noise
+from .exceptions import ConfigurationError, InputError
+from .hypers import ModelConfig
 from .model import InformationModel
-from .model.kernels import Kernel
 from .pool import frame_key
 from .progress import NULL_PROGRESS, Progress
 
@@ -140,10 +138,8 @@ def extend_model(model: InformationModel, frames: Sequence[Atoms]) -> Informatio
 
 
 def prepare(train: Sequence[Atoms] | None = None, *, pool: Sequence[Atoms] | None = None, record=None,
-            soap: SOAP = SOAP(), kernel: Kernel = Kernel(), noise: Noise = Noise(),
-            observations: Sequence[str] = ("energy",), n_sparse=100, sparse_method: str = "cur", seed: int = 0,
-            pool_labels: Sequence[str] | None = None, train_labels: Sequence[str] | None = None,
-            progress: Progress = NULL_PROGRESS) -> AssessmentSetup:
+            config: ModelConfig | None = None, pool_labels: Sequence[str] | None = None,
+            train_labels: Sequence[str] | None = None, progress: Progress = NULL_PROGRESS) -> AssessmentSetup:
     """Resolve the three ways of naming a training set into an :class:`AssessmentSetup`.
 
     Parameters
@@ -154,14 +150,20 @@ def prepare(train: Sequence[Atoms] | None = None, *, pool: Sequence[Atoms] | Non
         Candidate pool. Required with ``record``.
     record : DesignRecord or path, optional
         A design record over ``pool``: its sparse points and hypers define the model.
+    config : ModelConfig, optional
+        The model without a record (default ``ModelConfig()``); refused with a record,
+        whose own config is used.
 
     Without a record the model is built on the pool (or on ``train`` if there is no pool)
-    with the given hypers. Training frames are always appended to the model as their own
+    with ``config``. Training frames are always appended to the model as their own
     rows (a training frame equal to a pool frame is removed from the candidates).
     """
-    from .api import as_pool, build_information_model, model_from_record
+    from .api import as_pool, model_for, model_from_record
     from .design import DesignRecord, read_record
 
+    if record is not None and config is not None:
+        raise ConfigurationError("a design record defines its own model: give the record or a model config, not both")
+    config = ModelConfig() if config is None else config
     if record is not None:
         if pool is None:
             raise InputError("a design record needs its pool: give --pool with the record's pool file(s)")
@@ -185,15 +187,12 @@ def prepare(train: Sequence[Atoms] | None = None, *, pool: Sequence[Atoms] | Non
         pool_obj = as_pool(pool)
         pool_frames = list(pool_obj.frames)
         pool_labels = pool_labels or [f"{Path(i.source).name}:{i.index_in_file}" for i in pool_obj.info]
-        model = build_information_model(pool_obj, soap=soap, kernel=kernel, noise=noise, observations=observations,
-                                        n_sparse=n_sparse, sparse_method=sparse_method, seed=seed, progress=progress)
+        model = model_for(pool_obj, config, progress=progress)
         source = "frames+pool"
     else:
         if not train:
             raise InputError("nothing to assess: give a training set (--train) or a design record (--record)")
-        model = build_information_model(list(train), soap=soap, kernel=kernel, noise=noise,
-                                        observations=observations, n_sparse=n_sparse, sparse_method=sparse_method,
-                                        seed=seed, progress=progress)
+        model = model_for(list(train), config, progress=progress)
         train = list(train)
         return AssessmentSetup(model, 0, list(range(len(train))), train, [], np.zeros(len(train), dtype=bool),
                                source="frames",

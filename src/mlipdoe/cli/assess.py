@@ -155,12 +155,9 @@ def assess(
     for p in target or []:
         name = p.name if p.name not in targets else str(p)
         targets[name] = _read([p], "target")
-    hypers = {} if rec is not None else dict(
-        soap=model.soap, kernel=model.kernel, noise=model.noise, observations=model.observations,
-        n_sparse=model.n_sparse, sparse_method=model.sparse_method)
-    setup = A.prepare(train_frames, pool=pool_obj, record=rec, seed=seed,
+    setup = A.prepare(train_frames, pool=pool_obj, record=rec, config=None if rec is not None else model.config(seed),
                       train_labels=[f"{train.name}:{k}" for k in range(len(train_frames))] if train_frames else None,
-                      progress=_progress(quiet), **hypers)
+                      progress=_progress(quiet))
     report = A.assess(setup, targets=targets, test=_read([test], "test") if test else None, max_std=max_std,
                       min_fraction=min_fraction, criterion=criterion.strip().lower(), top_k=top_k,
                       threshold=threshold, labels=_read([labels], "labels") if labels else None,
