@@ -46,6 +46,11 @@ def test_invalid_values_are_refused():
         ModelConfig(observations=("forces",)).validate()
     with pytest.raises(ConfigurationError, match="needs a budget"):
         DesignConfig().validate()
+    with pytest.raises(ConfigurationError, match="needs a budget"):
+        DesignConfig.from_dict({"criterion": "d"})
+    with pytest.raises(ConfigurationError, match="needs a 'kind' and a 'value'"):
+        DesignConfig.from_dict({"budget": {"kind": "count"}})
+    assert ModelConfig(observations="energy, Forces").observations == ("energy", "forces")
 
 
 def test_a_record_recomputes_its_design_bit_for_bit(zr_pool, tmp_path):

@@ -127,7 +127,8 @@ class ModelConfig:
             object.__setattr__(self, "soap", SOAP())
         if self.kernel is None:
             object.__setattr__(self, "kernel", Kernel())
-        obs = tuple(str(o).strip().lower() for o in self.observations)
+        raw = self.observations.split(",") if isinstance(self.observations, str) else self.observations
+        obs = tuple(str(o).strip().lower() for o in raw)
         object.__setattr__(self, "observations", obs)
         object.__setattr__(self, "sparse_method", str(self.sparse_method).strip().lower())
 
@@ -243,8 +244,12 @@ class DesignConfig:
         check_keys(data, (*MODEL_KEYS, "criterion", "optimizer", "budget", "search"), "design config")
         search = dict(data.get("search", {}))
         check_keys(search, ("restarts", "max_iter", "threshold", "target_observable", "lazy"), "search options")
+        if not isinstance(data.get("budget"), Mapping):
+            raise ConfigurationError("a design config needs a budget: {'kind': 'count'|'atoms'|'cost', 'value': …}")
         b = dict(data["budget"])
         check_keys(b, ("kind", "value", "cost_power", "spent", "cost_source"), "budget")
+        if "kind" not in b or "value" not in b:
+            raise ConfigurationError("the budget needs a 'kind' and a 'value'")
         budget = Budget(b["kind"], float(b["value"]), float(b.get("cost_power", 3.0)))
         return cls(model=ModelConfig.from_dict({k: data[k] for k in MODEL_KEYS if k in data}),
                    criterion=data.get("criterion", "d"), budget=budget, optimizer=data.get("optimizer", "greedy"),
