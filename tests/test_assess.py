@@ -21,8 +21,8 @@ from mlipdoe import assess as A
 from mlipdoe import schemas
 from mlipdoe.api import select
 from mlipdoe.exceptions import InputError
-from mlipdoe.hypers import ModelConfig
 from mlipdoe.generate import generate_strained
+from mlipdoe.hypers import ModelConfig
 
 MAX_STD = 5.0  # meV/atom, fixed in advance (see the module docstring)
 

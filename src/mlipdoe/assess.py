@@ -904,9 +904,8 @@ def write_figures(setup: AssessmentSetup, report: dict, directory, *,
 
 def write_report(report: dict, directory) -> Path:
     """Write ``report.json`` atomically into ``directory``; returns its path."""
-    from .design import atomic_write_text
-
     from . import schemas
+    from .design import atomic_write_text
 
     path = Path(directory) / "report.json"
     data = json_ready(report)

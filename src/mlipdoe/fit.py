@@ -24,8 +24,8 @@ import numpy as np
 import scipy.linalg
 from ase import Atoms
 
-from .descriptors import SOAP, AtomicDescriptors, SpeciesBlock, make_descriptor
 from .atomic import atomic_output, output_folder
+from .descriptors import SOAP, AtomicDescriptors, SpeciesBlock, make_descriptor
 from .design import atomic_write_text
 from .exceptions import ConfigurationError, InputError, NumericalError
 from .hypers import Noise

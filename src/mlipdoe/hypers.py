@@ -91,6 +91,15 @@ OBSERVABLES = ("energy", "forces", "virials")
 SPARSE_METHODS = ("cur", "fps")
 
 
+def check_observations(observations) -> tuple:
+    """``observations`` as a tuple, refused unless it holds energy and only known kinds, once each."""
+    obs = tuple(observations)
+    if any(o not in OBSERVABLES for o in obs) or "energy" not in obs or len(set(obs)) != len(obs):
+        raise ConfigurationError(f"observations must include energy and be among {', '.join(OBSERVABLES)}, "
+                                 f"got {','.join(map(str, obs))}")
+    return obs
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Everything the information model depends on.
@@ -133,10 +142,7 @@ class ModelConfig:
         object.__setattr__(self, "sparse_method", str(self.sparse_method).strip().lower())
 
     def validate(self) -> "ModelConfig":
-        bad = [o for o in self.observations if o not in OBSERVABLES]
-        if bad or "energy" not in self.observations or len(set(self.observations)) != len(self.observations):
-            raise ConfigurationError(f"observations must include energy and be among {', '.join(OBSERVABLES)}, "
-                                     f"got {','.join(self.observations)}")
+        check_observations(self.observations)
         if self.sparse_method not in SPARSE_METHODS:
             raise ConfigurationError(f"unknown sparse-point method {self.sparse_method!r} (use cur or fps)")
         self.kernel.validate()

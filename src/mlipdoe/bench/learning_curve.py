@@ -21,9 +21,9 @@ from typing import Mapping, Sequence
 import numpy as np
 from ase import Atoms
 
+from ..atomic import output_folder
 from ..criteria import make_criterion, mean_pooled_descriptors
 from ..descriptors import SOAP
-from ..atomic import output_folder
 from ..design import atomic_write_text
 from ..exceptions import ConfigurationError, InputError
 from ..fit import Labels, fit_from_rows, read_labels

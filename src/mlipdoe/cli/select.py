@@ -8,7 +8,15 @@ from typing import List, Optional
 import typer
 
 from ..exceptions import InputError, MlipdoeError
-from . import _print_picks, _progress, _write_outputs, app, out, pool_for_record, print_notes
+from . import (
+    _print_picks,
+    _progress,
+    _write_outputs,
+    app,
+    out,
+    pool_for_record,
+    print_notes,
+)
 from .options import ModelOptions, given_options, model_options, split_list
 
 #: The options of ``select`` used only with --store / --optimizer exchange / --budget-cost.

@@ -7,9 +7,9 @@ state, the criteria, the store, the built-in fit, assessment and grading — con
 these rows and computes none of its own.
 """
 
+from ..hypers import OBSERVABLES
 from .base import PoolModel, RowModel
 from .gap_featomic import (
-    OBSERVABLES,
     DescriptorSource,
     InformationModel,
     build_model,

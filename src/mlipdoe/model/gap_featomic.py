@@ -42,14 +42,24 @@ import scipy.linalg
 import scipy.sparse
 from ase import Atoms
 
-from ..descriptors import SOAP, AtomicDescriptors, SpeciesBlock, iter_descriptors, make_descriptor
-from ..exceptions import ConfigurationError, InputError
-from ..hypers import Noise
+from ..descriptors import (
+    SOAP,
+    AtomicDescriptors,
+    SpeciesBlock,
+    iter_descriptors,
+    make_descriptor,
+)
+from ..exceptions import InputError
+from ..hypers import Noise, check_observations
 from ..progress import NULL_PROGRESS, Progress
-from .kernels import Kernel, SparsePoints, cholesky_with_jitter, choose_sparse_points, sparse_point_notes
+from .kernels import (
+    Kernel,
+    SparsePoints,
+    cholesky_with_jitter,
+    choose_sparse_points,
+    sparse_point_notes,
+)
 from .rows import _VOIGT_PAIRS, ObservationRows, force_moment, whiten
-
-OBSERVABLES = ("energy", "forces", "virials")
 
 #: Atoms per featomic call in the gradient pass (gradients are ~50 neighbours × 3 × D per atom).
 DEFAULT_GRADIENT_CHUNK_ATOMS = 1000
@@ -480,10 +490,7 @@ class InformationModel:
     def iter_observation_rows(self, frames: Sequence[Atoms], *, observations: Sequence[str] | None = None,
                               config_types: Sequence | None = None, progress=None):
         """Stream ``(index, ObservationRows)`` of ``frames`` (see :meth:`observation_rows`)."""
-        observations = tuple(self.observations if observations is None else observations)
-        bad = [o for o in observations if o not in OBSERVABLES]
-        if bad or "energy" not in observations:
-            raise ConfigurationError(f"observations must include energy and be among {OBSERVABLES}, got {observations}")
+        observations = check_observations(self.observations if observations is None else observations)
         if config_types is not None and len(config_types) != len(frames):
             raise InputError(f"config_types has {len(config_types)} entries for {len(frames)} frames")
         descriptor = make_descriptor(self.soap)
@@ -628,10 +635,7 @@ def build_model(
         Use these pool environments as sparse points (e.g. from a design record)
         instead of choosing them.
     """
-    observations = tuple(observations)
-    bad = [o for o in observations if o not in OBSERVABLES]
-    if bad or "energy" not in observations:
-        raise ConfigurationError(f"observations must include energy and be among {OBSERVABLES}, got {observations}")
+    observations = check_observations(observations)
     kernel.validate()
     noise.validate()
     if len(frames) == 0:
