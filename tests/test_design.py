@@ -64,7 +64,7 @@ def test_schemas_are_valid_draft_2020_12_package_data():
 
 def test_record_written_by_select_validates_and_round_trips(result, written):
     path, data = written
-    assert data["format"] == "mlipdoe.design/2" and data["notes"] == []
+    assert data["format"] == "mlipdoe.design/3" and data["notes"] == []
     assert list(data)[: len(DOCUMENTED)] == list(DOCUMENTED)
     jsonschema.validate(data, schemas.load("design-record"), cls=jsonschema.Draft202012Validator)
     again = design.read_record(path)
@@ -88,7 +88,7 @@ def test_each_required_field_removed_is_refused(written, tmp_path, name):
     (lambda d: d.update(notes="dropped 2 points"), "field 'notes' must be of type array, got string"),
     (lambda d: d.update(notes=[3]), "field 'notes[0]' must be of type string, got integer"),
     (lambda d: d["budget"].update(kind="frames"), "field 'budget.kind' must be one of \"count\", \"atoms\", \"cost\""),
-    (lambda d: d["kernel"].update(type="ard_se"), "field 'kernel.type' must be \"dot_product\""),
+    (lambda d: d["kernel"].update(type="ard_se"), "field 'kernel.type' must be one of \"dot_product\", \"gap_fit\", got \"ard_se\""),
     (lambda d: d["noise"].update(energy=0), "field 'noise.energy'"),
     (lambda d: d["pool"][0].pop("sha256"), "missing required field 'pool[0].sha256'"),
     (lambda d: d["sparse_points"].__setitem__(0, [1]), "field 'sparse_points[0]'"),
@@ -134,10 +134,11 @@ def test_previous_format_is_read_with_defaults(result, written, tmp_path):
 
 
 @pytest.mark.parametrize(("fmt", "expected"), [
-    ("mlipdoe.design/3", "format mlipdoe.design/3 is newer than the newest this mlipdoe reads (mlipdoe.design/2)"),
-    ("mlipdoe.design/0", "format mlipdoe.design/0 is not one this mlipdoe reads (it reads mlipdoe.design/1, mlipdoe.design/2)"),
-    ("mlipdoe.assess/1", "not a design record (format is 'mlipdoe.assess/1', expected 'mlipdoe.design/2')"),
-    (None, "not a design record (format is None, expected 'mlipdoe.design/2')"),
+    ("mlipdoe.design/4", "format mlipdoe.design/4 is newer than the newest this mlipdoe reads (mlipdoe.design/3)"),
+    ("mlipdoe.design/0", "format mlipdoe.design/0 is not one this mlipdoe reads (it reads mlipdoe.design/1, "
+                         "mlipdoe.design/2, mlipdoe.design/3)"),
+    ("mlipdoe.assess/1", "not a design record (format is 'mlipdoe.assess/1', expected 'mlipdoe.design/3')"),
+    (None, "not a design record (format is None, expected 'mlipdoe.design/3')"),
 ])
 def test_other_formats_are_refused_naming_both(written, tmp_path, fmt, expected):
     _, data = written

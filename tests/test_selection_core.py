@@ -182,7 +182,7 @@ def test_record_roundtrip_and_verify(tmp_path, zr_pool):
                 "optimizer", "seed", "budget", "fixed", "selected", "gains", "value", "log_det_K_MM",
                 "timings_s", "versions"):
         assert key in data
-    assert data["format"] == "mlipdoe.design/2" and data["pool"][0]["n_frames"] == 60
+    assert data["format"] == "mlipdoe.design/3" and data["pool"][0]["n_frames"] == 60
     assert len(data["sparse_points"]) == result.model.M
     again = mlipdoe.read_record(tmp_path / "design.json")
     assert again.to_dict() == data

@@ -59,6 +59,11 @@ def model_for(pool, config: ModelConfig, *, chunk_size: int = 100, progress: Pro
     """The information model of ``config`` on ``pool`` (sparse points chosen, or at ``sparse_locations``)."""
     pool = as_pool(pool)
     config.validate()
+    if config.gap is not None:
+        from .model.gap_quippy import build_gap_model
+
+        return build_gap_model(pool.frames, config.gap, observations=config.observations, seed=config.seed,
+                               config_types=pool.config_types, sparse_locations=sparse_locations, progress=progress)
     return build_model(
         pool.frames, soap=config.soap, kernel=config.kernel, noise=config.noise, observations=config.observations,
         n_sparse=config.n_sparse, sparse_method=config.sparse_method, seed=config.seed, chunk_size=chunk_size,
@@ -290,6 +295,7 @@ def design(pool, config: DesignConfig, *, target=None, existing=None, include=()
     budget_dict["spent"] = int(spent) if spent.is_integer() else spent
     if budget.kind == "cost":
         budget_dict["cost_source"] = "info" if uses_info_costs(pool.frames) else "n_atoms^p"
+    model_fields = model.record_fields()
     extras = {
         "sparse_method": model.sparse_method,
         "n_sparse": config.model.to_dict()["n_sparse"],
@@ -312,7 +318,7 @@ def design(pool, config: DesignConfig, *, target=None, existing=None, include=()
     if target_info is not None:
         extras["target"] = target_info
     record = DesignRecord(
-        pool=[f.to_dict() for f in pool.files], descriptor=model.soap.to_dict(), kernel=model.kernel.to_dict(),
+        pool=[f.to_dict() for f in pool.files], descriptor=model_fields["descriptor"], kernel=model_fields["kernel"],
         noise=model.noise.to_dict(), observations=list(model.observations),
         sparse_points=model.sparse.location_list(), criterion=config.criterion, optimizer=config.optimizer,
         seed=int(config.model.seed), budget=budget_dict, fixed=fixed_idx, selected=[int(x) for x in run.selected],

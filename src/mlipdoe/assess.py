@@ -128,7 +128,7 @@ def extend_model(model: InformationModel, frames: Sequence[Atoms]) -> Informatio
         model,
         psi=np.ascontiguousarray(np.vstack([model.psi, psi])),
         n_atoms=np.concatenate([model.n_atoms, n_atoms]),
-        energy_variance=np.concatenate([model.energy_variance, model.noise.energy_variance(n_atoms, cts)]),
+        energy_variance=np.concatenate([model.energy_variance, model.frame_energy_variance(frames, cts)]),
         config_types=(list(model.config_types) + cts) if model.config_types is not None else None,
     )
     if model.factors is not None:
@@ -253,17 +253,22 @@ def identifiability(model: InformationModel, members: Sequence[int], *, threshol
     """Spectrum of F̃(S) = K_MM^{-1/2} F(S) K_MM^{-1/2} (whitened, all eigenvalues ≥ 1).
 
     Returns a dict with ``eigenvalues`` (descending), ``n_constrained`` (# > 1 + threshold),
-    ``per_species`` (the same on each species' diagonal block of F̃), ``condition_number``
+    ``per_species`` (the same on each species' diagonal block of F̃; for a gap_fit model
+    ``per_descriptor``, on each descriptor's block), ``condition_number``
     (λ_max / λ_min of F̃), ``effective_parameters`` tr(I − C) = M − tr(F̃⁻¹),
     ``n_observations`` and ``n_frames``.
     """
     F = model.information(list(members))
     evals = np.linalg.eigvalsh(F)[::-1]
-    per_species = []
-    for z, sl in model.sparse.slices().items():
+    per_species, per_descriptor = [], []
+    for key, sl in model.sparse.slices().items():
         ev = np.linalg.eigvalsh(F[sl, sl])[::-1]
-        per_species.append({"species": int(z), "M": int(sl.stop - sl.start),
-                            "n_constrained": int(np.sum(ev > 1.0 + threshold)), "eigenvalues": ev.tolist()})
+        entry = {"M": int(sl.stop - sl.start), "n_constrained": int(np.sum(ev > 1.0 + threshold)),
+                 "eigenvalues": ev.tolist()}
+        if isinstance(key, str):  # a gap_fit model: one block per (expanded) descriptor
+            per_descriptor.append({"descriptor": key, **entry})
+        else:
+            per_species.append({"species": int(key), **entry})
     C = _inverse_information(F)
     return {
         "threshold": float(threshold),
@@ -271,6 +276,7 @@ def identifiability(model: InformationModel, members: Sequence[int], *, threshol
         "eigenvalues": evals.tolist(),
         "n_constrained": int(np.sum(evals > 1.0 + threshold)),
         "per_species": per_species,
+        **({"per_descriptor": per_descriptor} if per_descriptor else {}),
         "condition_number": float(evals[0] / evals[-1]),
         "effective_parameters": float(model.M - np.trace(C)),
         "n_observations": n_observations(model, members),
@@ -758,8 +764,7 @@ def assess(setup: AssessmentSetup, *, targets: Mapping[str, Sequence[Atoms]] | N
         "model": {"M": int(model.M), "species": [int(z) for z in model.sparse.species],
                   "log_det_K_MM": model.log_det_K_MM, "jitter": float(model.jitter),
                   "observations": list(model.observations), "noise": model.noise.to_dict(),
-                  "kernel": model.kernel.to_dict(), "descriptor": model.soap.to_dict(),
-                  "sparse_method": model.sparse_method},
+                  **model.record_fields(), "sparse_method": model.sparse_method},
         "criterion": criterion,
     }
     report["identifiability"] = identifiability(model, members, threshold=threshold)

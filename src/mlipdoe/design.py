@@ -4,7 +4,9 @@ Its layout is fixed by ``mlipdoe/schemas/design-record.schema.json`` (JSON Schem
 2020-12); :func:`read_record` and :func:`write_record` validate against it and refuse an
 invalid record with one line naming the field.
 
-Format versions: ``mlipdoe.design/2`` adds ``notes`` (what the tool changed or ignored).
+Format versions: ``mlipdoe.design/2`` adds ``notes`` (what the tool changed or ignored);
+``mlipdoe.design/3`` adds gap_fit models (``descriptor = {"backend": "quippy", "gap_fit": …}``,
+``kernel = {"type": "gap_fit"}``, sparse points as ``[descriptor, frame, instance]``).
 Records of format ``mlipdoe.design/1`` are read with ``notes = []``; other formats are refused.
 """
 
@@ -25,9 +27,9 @@ from .atomic import atomic_output
 from .exceptions import InputError
 
 FORMAT_NAME = "mlipdoe.design"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
-READABLE_VERSIONS = (1, 2)
+READABLE_VERSIONS = (1, 2, 3)
 REQUIRED = (
     "format", "pool", "descriptor", "kernel", "noise", "observations", "sparse_points", "criterion",
     "optimizer", "seed", "budget", "fixed", "selected", "gains", "value", "log_det_K_MM", "timings_s", "versions",
@@ -123,7 +125,7 @@ def upgrade(data: dict, *, source: str = "design record") -> dict:
     if version not in READABLE_VERSIONS:
         raise InputError(f"{source}: format {FORMAT_NAME}/{version} is not one this mlipdoe reads "
                          f"(it reads {', '.join(f'{FORMAT_NAME}/{v}' for v in READABLE_VERSIONS)})")
-    if version == 1:
+    if version < FORMAT_VERSION:  # 2 → 3 adds only a model kind
         data = {**data, "format": FORMAT}
         data.setdefault("notes", [])
     return data

@@ -42,6 +42,7 @@ MODEL_FORMAT = "mlipdoe.gpr/1"
 __all__ = [
     "GPRModel", "Labels", "Prediction", "ErrorTable", "read_labels", "fit_gpr", "fit_from_rows",
     "label_vectors", "evaluate", "fit_gap_fit", "GapFitModel", "load_model", "average_e0",
+    "fit_gap_exact", "fit_gap_fit_exact", "GapExactGPR", "predict_rows", "run_gap_fit",
 ]
 
 
@@ -212,10 +213,7 @@ class GPRModel:
 
     def predict_rows(self, rows: Sequence[ObservationRows], *, forces: bool = True) -> Prediction:
         """Predictions ψ β (+ e0 n) from the model layer's whitened rows of each frame."""
-        n_atoms = np.array([r.n_atoms for r in rows], dtype=np.int64)
-        energy = np.array([r.psi[0] @ self.beta for r in rows]) + self.e0 * n_atoms
-        f = [(r.psi[r.kind == "force"] @ self.beta).reshape(-1, 3) for r in rows] if forces else None
-        return Prediction(energy, f, n_atoms)
+        return predict_rows(rows, self.beta, self.e0, forces=forces)
 
     def rows(self, frames: Sequence[Atoms], *, forces: bool = True) -> list[ObservationRows]:
         """The model layer's whitened rows of ``frames`` on this model's sparse points."""
@@ -395,7 +393,7 @@ def fit_gap_fit(frames: Sequence[Atoms], labels: Labels | None = None, *, soap: 
     import ase.io
 
     if shutil.which(executable) is None:
-        raise ConfigurationError(f"{executable!r} not found: install quippy-ase (pip install quippy-ase)")
+        raise ConfigurationError(f"{executable!r} not found: install quippy-ase (pip install 'mlipdoe[gap]')")
     if labels is None:
         labels = read_labels(frames, energy_key=energy_key, forces_key=forces_key)
     use_forces = use_forces and labels.forces is not None
@@ -448,22 +446,174 @@ def fit_gap_fit(frames: Sequence[Atoms], labels: Labels | None = None, *, soap: 
            "e0_method=average", "energy_parameter_name=energy", "force_parameter_name=force",
            "sigma_parameter_name=sigma",
            f"sigma_per_atom={'T' if noise.per_atom else 'F'}", "sparse_jitter=1e-8", "gp_file=gp.xml"]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=output, capture_output=True, text=True, timeout=timeout)
-    atomic_write_text(output / "gap_fit.log", proc.stdout + proc.stderr)
-    if proc.returncode != 0:
-        tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
-        raise NumericalError(f"gap_fit failed (exit {proc.returncode}): {' | '.join(tail)}")
+    seconds = run_gap_fit(cmd[1:], cwd=output, executable=executable, timeout=timeout)
     meta = {"format": MODEL_FORMAT, "engine": "gap_fit", "command": cmd, "descriptor": soap.to_dict(),
             "kernel": kernel.to_dict(), "noise": noise.to_dict(), "e0_average": e0,
             "n_train": len(frames), "n_carrier_frames": len(train) - len(frames),
-            "fit_seconds": round(time.perf_counter() - t0, 3)}
+            "fit_seconds": round(seconds, 3)}
     atomic_write_text(output / "model.json", json.dumps(meta, indent=1))
     return GapFitModel(output, meta)
 
 
+def run_gap_fit(args: Sequence[str], *, cwd: Path, executable: str = "gap_fit", timeout: float = 3600) -> float:
+    """Run ``gap_fit`` with ``args`` in ``cwd`` (log in ``gap_fit.log``); return the wall time (s)."""
+    if shutil.which(executable) is None:
+        raise ConfigurationError(f"{executable!r} not found: install quippy-ase (pip install 'mlipdoe[gap]')")
+    cmd = [executable, *args]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    atomic_write_text(Path(cwd) / "gap_fit.log", proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+        raise NumericalError(f"gap_fit failed (exit {proc.returncode}): {' | '.join(tail)}")
+    return time.perf_counter() - t0
+
+
+def _labelled_copy(atoms: Atoms, labels: Labels, k: int, names: dict, use_forces: bool) -> Atoms:
+    """``atoms`` with its labels under gap_fit's parameter names (and gap_fit's per-frame sigmas kept)."""
+    from .model.gap_quippy import FORCE_ATOM_SIGMA_KEY, FRAME_SIGMA_KEYS
+
+    a = Atoms(atoms.numbers, atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+    a.info[names["energy"]] = float(labels.energy[k])
+    if labels.config_types[k] is not None:
+        a.info[names["config_type"]] = labels.config_types[k]
+    for key in FRAME_SIGMA_KEYS.values():
+        if key in atoms.info:
+            a.info[key] = float(atoms.info[key])
+    if FORCE_ATOM_SIGMA_KEY in atoms.arrays:
+        a.arrays[FORCE_ATOM_SIGMA_KEY] = np.asarray(atoms.arrays[FORCE_ATOM_SIGMA_KEY], dtype=float)
+    if use_forces:
+        a.arrays[names["force"]] = np.asarray(labels.forces[k], dtype=float)
+    return a
+
+
+def fit_gap_fit_exact(frames: Sequence[Atoms], labels: Labels, model, *, output, use_forces: bool = True,
+                      timeout: float = 3600) -> GapFitModel:
+    """Train the real gap_fit on ``frames`` with exactly the model of a GAP-exact design.
+
+    ``model`` is a :class:`~mlipdoe.model.gap_quippy.GapExactModel` (e.g. from
+    :func:`mlipdoe.api.model_from_record`); its sparse points are handed over in gap_fit's
+    FILE format and its gap_fit arguments are used as they are (:mod:`mlipdoe.export`).
+    """
+    import ase.io
+    import shlex
+
+    from .export import write_gap_fit_inputs
+
+    use_forces = use_forces and labels.forces is not None
+    output = output_folder(output, what="gap_fit folder")
+    names = gap_fit_label_names(model.spec)
+    train = [_labelled_copy(a, labels, k, names, use_forces) for k, a in enumerate(frames)]
+    with atomic_output(output / "train.xyz", suffix=".xyz") as tmp:
+        ase.io.write(tmp, train, format="extxyz")
+    args = write_gap_fit_inputs(model, output)
+    seconds = run_gap_fit([*shlex.split(args), "at_file=train.xyz", "gp_file=gp.xml"], cwd=output, timeout=timeout)
+    meta = {"format": MODEL_FORMAT, "engine": "gap_fit", "gap_fit_args": args, "n_train": len(frames),
+            "fit_seconds": round(seconds, 3)}
+    atomic_write_text(output / "model.json", json.dumps(meta, indent=1))
+    return GapFitModel(output, meta)
+
+
+def gap_fit_label_names(spec) -> dict:
+    """The info/arrays keys gap_fit reads labels from (``*_parameter_name``, gap_fit's defaults)."""
+    opts = spec.label_options
+    return {"energy": opts.get("energy_parameter_name", "energy"), "force": opts.get("force_parameter_name", "force"),
+            "config_type": opts.get("config_type_parameter_name", "config_type")}
+
+
+def gap_fit_e0(spec, labels: Labels) -> float:
+    """gap_fit's per-atom energy offset for these labels: ``e0`` if given, else by ``e0_method``.
+
+    ``average``: the mean of E_s / n_s (:func:`average_e0`); ``isolated`` (gap_fit's default):
+    the energy of single-atom training frames — without one, gap_fit falls back to ``e0``'s
+    default 0. ``e0_offset`` is added. One e0 for all species only.
+    """
+    opts = spec.label_options
+    if "e0" in opts:
+        try:
+            e0 = float(opts["e0"])
+        except ValueError:
+            raise ConfigurationError(f"e0={opts['e0']}: the built-in fit takes one e0 for all species; use "
+                                     "--engine gap_fit for per-species e0") from None
+    elif str(opts.get("e0_method", "isolated")).lower() == "average":
+        e0 = average_e0(labels)
+    else:
+        single = [labels.energy[k] for k in range(len(labels.energy)) if labels.n_atoms[k] == 1]
+        if len(single) > 1:
+            raise ConfigurationError("e0_method=isolated with several single-atom frames: give e0 explicitly")
+        e0 = float(single[0]) if single else 0.0
+    return e0 + float(opts.get("e0_offset", 0.0))
+
+
+@dataclass
+class GapExactGPR:
+    """The built-in fit on a GAP-exact model: β on the model's whitened rows."""
+
+    model: object
+    beta: np.ndarray
+    e0: float
+    observations: tuple = ("energy",)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def M(self) -> int:
+        return len(self.beta)
+
+    def predict(self, frames: Sequence[Atoms], *, forces: bool = True) -> Prediction:
+        obs = ("energy", "forces") if forces else ("energy",)
+        return predict_rows(self.model.observation_rows(list(frames), observations=obs), self.beta, self.e0,
+                            forces=forces)
+
+    def save(self, directory) -> None:
+        """``model.json`` (the gap_fit arguments) and ``arrays.npz`` (L, β, sparse points)."""
+        directory = output_folder(directory, what="model folder")
+        sp = self.model.sparse
+        arrays = {"L": self.model.L, "beta": self.beta}
+        for k in range(len(sp.labels)):
+            arrays[f"sparse_vectors_{k}"] = sp.vectors[k]
+            arrays[f"sparse_cutoffs_{k}"] = sp.cutoffs[k]
+            arrays[f"sparse_locations_{k}"] = sp.locations[k]
+        with atomic_output(directory / "arrays.npz", suffix=".npz") as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, **arrays)
+        meta = {"format": MODEL_FORMAT, "engine": "builtin-gap_fit", "gap_fit": self.model.spec.to_dict(),
+                "species": list(sp.species), "e0": self.e0, "jitter": self.model.jitter,
+                "observations": list(self.observations), "meta": self.meta}
+        atomic_write_text(directory / "model.json", json.dumps(meta, indent=1))
+
+    @classmethod
+    def load(cls, directory, meta: dict) -> "GapExactGPR":
+        from .gap_spec import GapFitSpec
+        from .model.gap_quippy import row_model
+
+        spec = GapFitSpec.from_dict(meta["gap_fit"])
+        with np.load(Path(directory) / "arrays.npz", allow_pickle=False) as npz:
+            n = sum(1 for key in npz.files if key.startswith("sparse_vectors_"))
+            parts = [[npz[f"sparse_{what}_{k}"] for k in range(n)] for what in ("vectors", "cutoffs", "locations")]
+            L, beta = npz["L"], npz["beta"]
+        model = row_model(spec, meta["species"], *parts, L=L, jitter=float(meta["jitter"]))
+        return cls(model, beta, float(meta["e0"]), tuple(meta["observations"]), meta.get("meta", {}))
+
+
+def fit_gap_exact(frames: Sequence[Atoms], labels: Labels, model, *, use_forces: bool = True) -> GapExactGPR:
+    """The built-in posterior mean on a GAP-exact model's rows of ``frames`` (what gap_fit computes)."""
+    use_forces = use_forces and labels.forces is not None
+    obs = ("energy", "forces") if use_forces else ("energy",)
+    t0 = time.perf_counter()
+    rows = model.observation_rows(list(frames), observations=obs, config_types=labels.config_types)
+    beta, e0 = fit_from_rows(rows, labels, e0=gap_fit_e0(model.spec, labels))
+    return GapExactGPR(model, beta, e0, obs, {"n_train": len(frames), "fit_seconds": round(time.perf_counter() - t0, 3)})
+
+
+def predict_rows(rows: Sequence[ObservationRows], beta: np.ndarray, e0: float, *, forces: bool = True) -> Prediction:
+    """Predictions ψ β (+ e0 n) from whitened rows of each frame."""
+    n_atoms = np.array([r.n_atoms for r in rows], dtype=np.int64)
+    energy = np.array([r.psi[0] @ beta for r in rows]) + e0 * n_atoms
+    f = [(r.psi[r.kind == "force"] @ beta).reshape(-1, 3) for r in rows] if forces else None
+    return Prediction(energy, f, n_atoms)
+
+
 def load_model(directory):
-    """A :class:`GPRModel` or :class:`GapFitModel` from a model directory."""
+    """A :class:`GPRModel`, :class:`GapExactGPR` or :class:`GapFitModel` from a model directory."""
     directory = Path(directory)
     try:
         meta = json.loads((directory / "model.json").read_text())
@@ -471,6 +621,8 @@ def load_model(directory):
         raise InputError(f"{directory} is not a model directory (no model.json)") from None
     if meta.get("engine") == "gap_fit":
         return GapFitModel.load(directory)
+    if meta.get("engine") == "builtin-gap_fit":
+        return GapExactGPR.load(directory, meta)
     return GPRModel.load(directory)
 
 

@@ -35,13 +35,17 @@ class Noise:
     per_atom: bool = True
     per_config_type: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
-    def validate(self) -> "Noise":
+    def validate(self, observations: Sequence[str] | None = None) -> "Noise":
+        """Refuse sigmas that are not > 0; with ``observations``, only those of the observed kinds
+        (gap_fit's ``default_sigma={0.002 0.1 0 0}`` is fine for a model without virials)."""
+        used = {"energy", "force", "virial"} if observations is None else \
+            {"energy"} | {k for k, o in (("force", "forces"), ("virial", "virials")) if o in observations}
         for name in ("energy", "force", "virial"):
-            if not getattr(self, name) > 0:
+            if name in used and not getattr(self, name) > 0:
                 raise ConfigurationError(f"noise sigma for {name} must be > 0")
         for ct, table in self.per_config_type.items():
             for name, value in table.items():
-                if name not in ("energy", "force", "virial") or not float(value) > 0:
+                if name not in ("energy", "force", "virial") or (name in used and not float(value) > 0):
                     raise ConfigurationError(f"bad sigma {name}={value} for config_type {ct!r}")
         return self
 
@@ -118,6 +122,10 @@ class ModelConfig:
     sparse_method : {"cur", "fps"}
     seed : int
         Seeds the sparse-point choice (and the criterion's ties / random baseline).
+    gap : GapFitSpec, optional
+        A parsed gap_fit command line (:mod:`mlipdoe.gap_spec`): the model is then exactly
+        the one gap_fit trains (GAP's own descriptors, several of them; spec section 7), and
+        ``soap``, ``kernel``, ``noise``, ``n_sparse`` and ``sparse_method`` come from it.
     """
 
     soap: object = None
@@ -127,11 +135,15 @@ class ModelConfig:
     n_sparse: object = 100
     sparse_method: str = "cur"
     seed: int = 0
+    gap: object = None
 
     def __post_init__(self):
         from .descriptors import SOAP
         from .model.kernels import Kernel
 
+        if self.gap is not None:
+            object.__setattr__(self, "noise", self.gap.noise())
+            object.__setattr__(self, "sparse_method", "gap_fit")
         if self.soap is None:
             object.__setattr__(self, "soap", SOAP())
         if self.kernel is None:
@@ -143,6 +155,9 @@ class ModelConfig:
 
     def validate(self) -> "ModelConfig":
         check_observations(self.observations)
+        if self.gap is not None:
+            self.noise.validate(self.observations)
+            return self
         if self.sparse_method not in SPARSE_METHODS:
             raise ConfigurationError(f"unknown sparse-point method {self.sparse_method!r} (use cur or fps)")
         self.kernel.validate()
@@ -150,7 +165,17 @@ class ModelConfig:
         return self
 
     def to_dict(self) -> dict:
-        """The design record's model fields."""
+        """The design record's model fields.
+
+        A gap_fit model records its parsed arguments as the descriptor
+        (``{"backend": "quippy", "gap_fit": …}``); its kernels are part of them
+        (``kernel = {"type": "gap_fit"}``).
+        """
+        if self.gap is not None:
+            return {"descriptor": {"backend": "quippy", "gap_fit": self.gap.to_dict()}, "kernel": {"type": "gap_fit"},
+                    "noise": self.noise.to_dict(), "observations": list(self.observations),
+                    "n_sparse": {f"{k}:{d.kind}": int(d.n_sparse) for k, d in enumerate(self.gap.descriptors)},
+                    "sparse_method": "gap_fit", "seed": int(self.seed)}
         n_sparse = self.n_sparse if isinstance(self.n_sparse, (int, np.integer)) else {
             str(k): int(v) for k, v in dict(self.n_sparse).items()}
         return {"descriptor": self.soap.to_dict(), "kernel": self.kernel.to_dict(), "noise": self.noise.to_dict(),
@@ -163,6 +188,13 @@ class ModelConfig:
         from .model.kernels import Kernel
 
         check_keys(data, MODEL_KEYS, "model config")
+        descriptor = data.get("descriptor", {})
+        if isinstance(descriptor, Mapping) and descriptor.get("backend") == "quippy":
+            from .gap_spec import GapFitSpec
+
+            check_keys(descriptor, ("backend", "gap_fit"), "gap_fit descriptor")
+            return cls(gap=GapFitSpec.from_dict(descriptor.get("gap_fit", {})),
+                       observations=tuple(data.get("observations", ("energy",))), seed=int(data.get("seed", 0)))
         n_sparse = data.get("n_sparse", 100)
         if isinstance(n_sparse, Mapping):
             n_sparse = {int(k): int(v) for k, v in n_sparse.items()}

@@ -34,10 +34,13 @@ def _fmt(x, spec=".3g") -> str:
 def _print_report(report: dict, limit: int = 20) -> None:
     ident = report["identifiability"]
     t = Table(title="Identifiability (eigenvalues of K_MM^-1/2 F K_MM^-1/2)")
-    for col in ("species", "M", f"constrained (λ > 1 + {ident['threshold']:g})"):
+    for col in ("species" if ident["per_species"] else "descriptor", "M",
+                f"constrained (λ > 1 + {ident['threshold']:g})"):
         t.add_column(col, justify="right")
     for s in ident["per_species"]:
         t.add_row(str(s["species"]), str(s["M"]), str(s["n_constrained"]))
+    for s in ident.get("per_descriptor", []):
+        t.add_row(s["descriptor"], str(s["M"]), str(s["n_constrained"]))
     t.add_row("all", str(ident["M"]), str(ident["n_constrained"]))
     out.print(t)
     out.print(f"condition number {ident['condition_number']:.3g}   effective parameters tr(I − C) = "
@@ -98,7 +101,7 @@ def _print_report(report: dict, limit: int = 20) -> None:
 
 
 @app.command()
-@model_options("soap", "kernel", "sparse", "noise", "observe")
+@model_options("soap", "kernel", "sparse", "noise", "gap", "observe")
 def assess(
     ctx: typer.Context,
     train: Optional[Path] = typer.Option(None, "--train", help="Training frames (extxyz or any ASE file)."),

@@ -81,6 +81,9 @@ def fit(
                      "points are used)")
         rec = read_record(record)
         the_pool = pool_for_record(rec, pool)
+        if rec.descriptor.get("backend") == "quippy":
+            _fit_gap_exact(rec, the_pool, frames, labels, output=output, engine=engine, forces=forces, model=model)
+            return
         soap = SOAP.from_dict(rec.descriptor)
         kernel = Kernel.from_dict(rec.kernel)
         noise = Noise.from_dict(rec.noise)
@@ -107,6 +110,27 @@ def fit(
                   f"e0 = {gpr.e0:.6f} eV/atom; wrote {output}")
     else:
         out.print(f"gap_fit done in {gm.meta['fit_seconds']} s; wrote {output}/gp.xml")
+
+
+def _fit_gap_exact(rec, the_pool, frames, labels, *, output, engine: str, forces: bool, model: ModelOptions) -> None:
+    """``fit --record`` of a design on gap_fit arguments: the record's model, either engine."""
+    from ..api import model_from_record
+    from ..atomic import atomic_folder
+    from ..fit import fit_gap_exact, fit_gap_fit_exact
+
+    model.refuse(model.given_of("noise"), "with a record of gap_fit arguments (its sigmas are used)")
+    gap_model = model_from_record(rec, the_pool)
+    with atomic_folder(output, what="-o") as tmp:
+        if engine == "builtin":
+            fitted = fit_gap_exact(frames, labels, gap_model, use_forces=forces)
+            fitted.save(tmp)
+        else:
+            fitted = fit_gap_fit_exact(frames, labels, gap_model, output=tmp, use_forces=forces)
+    if engine == "builtin":
+        out.print(f"fitted M = {fitted.M} on {len(frames)} frames ({', '.join(fitted.observations)}) on the "
+                  f"record's gap_fit model, e0 = {fitted.e0:.6f} eV/atom; wrote {output}")
+    else:
+        out.print(f"gap_fit done in {fitted.meta['fit_seconds']} s with the record's model; wrote {output}/gp.xml")
 
 
 @app.command()

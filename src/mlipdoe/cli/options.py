@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import typer
@@ -40,6 +41,15 @@ GROUPS: dict[str, tuple[tuple[str, type, object], ...]] = {
         ("sigma_energy", float, typer.Option(0.001, "--sigma-energy", help="Energy noise σ_E (eV/atom).")),
         ("sigma_force", float, typer.Option(0.1, "--sigma-force", help="Force noise σ_F (eV/Å).")),
         ("sigma_virial", float, typer.Option(0.05, "--sigma-virial", help="Virial noise σ_V (eV/atom).")),
+    ),
+    "gap": (
+        ("gap_fit_args", str, typer.Option(
+            None, "--gap-fit-args",
+            help="Design on exactly the GAP that gap_fit trains: the arguments you give gap_fit, without "
+            "at_file/gp_file, e.g. 'gap={distance_2b cutoff=5 … : soap cutoff=5 … } default_sigma={…}'. "
+            "Replaces the SOAP, kernel, sparse-point and noise options (needs quippy-ase: mlipdoe[gap]).")),
+        ("gap_fit_args_file", Path, typer.Option(
+            None, "--gap-fit-args-file", help="The same arguments read from a file (newlines are spaces).")),
     ),
     "observe": (
         ("observe", str, typer.Option(
@@ -120,10 +130,29 @@ class ModelOptions:
     def observations(self) -> tuple[str, ...]:
         return tuple(t.lower() for t in split_list(self._need("observe")))
 
+    @property
+    def gap(self):
+        """The parsed gap_fit arguments, or None when neither gap option was given."""
+        if "gap_fit_args" not in self.values:
+            return None
+        text, path = self.values["gap_fit_args"], self.values["gap_fit_args_file"]
+        if text is not None and path is not None:
+            raise InputError("give the gap_fit arguments once: --gap-fit-args or --gap-fit-args-file")
+        if text is None and path is None:
+            return None
+        from ..gap_spec import parse_gap_fit_args, read_gap_fit_args
+
+        return parse_gap_fit_args(text) if text is not None else read_gap_fit_args(path)
+
     def config(self, seed: int = 0):
         """The :class:`~mlipdoe.hypers.ModelConfig` of these options (needs every model group)."""
         from ..hypers import ModelConfig
 
+        gap = self.gap
+        if gap is not None:
+            self.refuse(self.given_of("soap", "kernel", "sparse", "noise"),
+                        "with gap_fit arguments (they set the descriptors, kernels, sparse points and sigmas)")
+            return ModelConfig(gap=gap, observations=self.observations, seed=int(seed)).validate()
         return ModelConfig(soap=self.soap, kernel=self.kernel, noise=self.noise, observations=self.observations,
                            n_sparse=self.n_sparse, sparse_method=self.sparse_method, seed=int(seed)).validate()
 

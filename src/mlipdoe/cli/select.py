@@ -91,7 +91,7 @@ def _check_select_options(ctx: typer.Context, model: ModelOptions, *, criterion:
 
 
 @app.command()
-@model_options("soap", "kernel", "sparse", "noise", "observe")
+@model_options("soap", "kernel", "sparse", "noise", "gap", "observe")
 def select(
     ctx: typer.Context,
     pool: List[Path] = typer.Argument(..., help="Candidate configurations: any file(s) ASE reads; all frames used."),
@@ -124,6 +124,9 @@ def select(
     scheduler: str = typer.Option("serial", help="With --store: serial, local or tcp://host:port (Dask)."),
     sparse_sample: int = typer.Option(
         50_000, help="With --store: environments sampled for the sparse points; 0 = exact choice."),
+    export: Optional[Path] = typer.Option(
+        None, "--export", help="With --gap-fit-args: folder for gap_fit's inputs (sparse-point files and "
+        "gap_fit_args.txt; created, its parent must exist)."),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="No progress bars."),
     model: ModelOptions = None,
 ):
@@ -141,6 +144,11 @@ def select(
     ).validate()
     check_output(output, what="-o")
     check_output(record, what="--record")
+    if export is not None:
+        if config.model.gap is None:
+            raise InputError("--export writes gap_fit's inputs for a design on --gap-fit-args; give them "
+                             "(a featomic design is not the model gap_fit trains)")
+        check_output(export, what="--export", folder=True)
     progress = _progress(quiet)
     frames, built = _pool_and_model([str(p) for p in pool], config, store=store, memory_limit=memory_limit,
                                     scheduler=scheduler, sparse_sample=sparse_sample, progress=progress)
@@ -148,6 +156,12 @@ def select(
                     existing=str(existing) if existing else None, include=split_list(include),
                     exclude=split_list(exclude), model=built, progress=progress)
     _write_outputs(result, output, record)
+    if export is not None:
+        from ..atomic import atomic_folder
+        from ..export import ARGS_FILE, write_gap_fit_inputs
+
+        with atomic_folder(export, what="--export") as tmp:
+            write_gap_fit_inputs(result.model, tmp, referenced_from=Path(export).resolve())
     _print_picks(result)
     print_notes(result.record)
     details = result.extra
@@ -162,6 +176,9 @@ def select(
         b = result.record.budget
         out.print(f"budget ({b['kind']}): spent {b['spent']:g} of {b['value']:g}")
     out.print(f"wrote {output} and {record}")
+    if export is not None:
+        out.print(f"wrote gap_fit's inputs to {export}/: train with "
+                  f"gap_fit $(cat {export}/{ARGS_FILE}) at_file=<labelled {output}> gp_file=gp.xml")
 
 
 def _pool_and_model(paths, config, *, store, memory_limit, scheduler, sparse_sample, progress):
@@ -175,6 +192,8 @@ def _pool_and_model(paths, config, *, store, memory_limit, scheduler, sparse_sam
     from ..store import build_model_stored
 
     check_output(store, what="--store", folder=True)
+    if config.model.gap is not None:
+        raise InputError("--store holds featomic rows; a design on --gap-fit-args is computed in memory: drop --store")
     if config.model.observations != ("energy",):
         raise InputError("--store holds energy rows only; use --observe energy with --store")
     frames = read_pool_indexed(paths, Path(store) / POOL_INDEX, progress=progress)  # warm: no parsing

@@ -78,7 +78,7 @@ def existing_rows(model, frames) -> ExistingRows:
     n_atoms = np.array([len(a) for a in frames], dtype=np.int64)
     cts = [a.info.get("config_type") for a in frames]
     if is_rank_one(model):
-        scale = 1.0 / np.sqrt(model.noise.energy_variance(n_atoms, cts))
+        scale = 1.0 / np.sqrt(model.frame_energy_variance(frames, cts))
         factors = [psi[k : k + 1] * scale[k] for k in range(len(frames))]
     else:
         rows = model.observation_rows(frames, config_types=cts)

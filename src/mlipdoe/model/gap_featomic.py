@@ -52,6 +52,7 @@ from ..descriptors import (
 from ..exceptions import InputError
 from ..hypers import Noise, check_observations
 from ..progress import NULL_PROGRESS, Progress
+from .base import PoolInformation
 from .kernels import (
     Kernel,
     SparsePoints,
@@ -59,7 +60,7 @@ from .kernels import (
     choose_sparse_points,
     sparse_point_notes,
 )
-from .rows import _VOIGT_PAIRS, ObservationRows, force_moment, whiten
+from .rows import _VOIGT_PAIRS, ObservationRows, whiten
 
 #: Atoms per featomic call in the gradient pass (gradients are ~50 neighbours × 3 × D per atom).
 DEFAULT_GRADIENT_CHUNK_ATOMS = 1000
@@ -367,7 +368,7 @@ def iter_observation_rows(descriptor, frames: Sequence[Atoms], *, sparse, kernel
 
 
 @dataclass
-class InformationModel:
+class InformationModel(PoolInformation):
     """Whitened rows of every pool frame plus what is needed to extend them.
 
     Attributes
@@ -405,64 +406,9 @@ class InformationModel:
     #: What the model changed from the request (e.g. fewer sparse points), one sentence each.
     notes: list = field(default_factory=list)
 
-    @property
-    def n_frames(self) -> int:
-        return self.psi.shape[0]
-
-    @property
-    def M(self) -> int:
-        return self.psi.shape[1]
-
-    @property
-    def log_det_K_MM(self) -> float:
-        return float(2.0 * np.sum(np.log(np.diag(self.L))))
-
-    @property
-    def phi(self) -> np.ndarray:
-        """Raw energy rows Φ = Ψ Lᵀ (N, M)."""
-        return self.psi @ self.L.T
-
-    @property
-    def energy_scale(self) -> np.ndarray:
-        """1 / sqrt(σ_E² n_s): turns whitened rows into energy factors."""
-        return 1.0 / np.sqrt(self.energy_variance)
-
-    def whiten(self, phi: np.ndarray) -> np.ndarray:
-        """Ψ = Φ L⁻ᵀ by a triangular solve (never an inverse)."""
-        return whiten(self.L, phi)
-
-    def factor(self, index: int) -> np.ndarray:
-        """W_s of pool frame ``index``: the (r_s × M) block it adds to F̃.
-
-        Energy-only: the scaled energy row (1 × M). With forces/virials: the compressed
-        factor (k_s × M) with W_sᵀW_s = Ψ_sᵀ Λ_s⁻¹ Ψ_s (energy + force (+ virial) rows).
-        """
-        if self.factors is not None:
-            return self.factors[index]
-        return self.psi[index : index + 1] * self.energy_scale[index]
-
-    @property
-    def factor_ranks(self) -> np.ndarray:
-        """Rows of each frame's factor (N,)."""
-        if self.factors is None:
-            return np.ones(self.n_frames, dtype=np.int64)
-        return np.array([len(f) for f in self.factors], dtype=np.int64)
-
-    def energy_factors(self, indices=slice(None)) -> np.ndarray:
-        return self.psi[indices] * self.energy_scale[indices, None]
-
-    def information(self, frames: Sequence[int]) -> np.ndarray:
-        """F̃(S) = I + Σ W_sᵀ W_s from scratch (M × M)."""
-        F = np.eye(self.M)
-        for s in frames:
-            W = self.factor(int(s))
-            F += W.T @ W
-        return F
-
-    def d_value(self, frames: Sequence[int]) -> float:
-        """log det F̃(S) = log det F(S) − log det K_MM, from scratch (slogdet)."""
-        sign, logdet = np.linalg.slogdet(self.information(frames))
-        return float(logdet)
+    def record_fields(self) -> dict:
+        """The design record's ``descriptor`` (species filled in) and ``kernel``."""
+        return {"descriptor": self.soap.to_dict(), "kernel": self.kernel.to_dict()}
 
     # -- other frames (targets, existing training sets) --------------------
     def rows_for(self, frames: Sequence[Atoms], *, chunk_size: int = 100) -> np.ndarray:
@@ -497,84 +443,6 @@ class InformationModel:
         return iter_observation_rows(descriptor, frames, sparse=self.sparse, kernel=self.kernel, L=self.L,
                                      noise=self.noise, observations=observations, config_types=config_types,
                                      max_atoms=self.gradient_chunk_atoms, progress=progress)
-
-    def observation_rows(self, frames: Sequence[Atoms], *, observations: Sequence[str] | None = None,
-                         config_types: Sequence | None = None) -> list[ObservationRows]:
-        """Whitened observation rows of ``frames`` (in or outside the pool).
-
-        Parameters
-        ----------
-        frames : sequence of ase.Atoms
-        observations : tuple of {"energy", "forces", "virials"}, optional
-            Default: the model's observations. Energy is always included.
-        config_types : sequence, optional
-            Per-frame config_type for :meth:`Noise.sigma`; default ``atoms.info["config_type"]``.
-
-        Returns
-        -------
-        list of ObservationRows
-            Per frame: ``psi`` (r × M) whitened rows (energy, forces atom-major x/y/z,
-            virials xx yy zz yz xz xy), ``variance`` (r,), ``kind`` (r,). The prediction of
-            each observation is ``psi @ beta`` with β = F̃⁻¹ Σ Ψ_sᵀ Λ_s⁻¹ y_s
-            (:func:`mlipdoe.model.rows.posterior_mean`).
-        """
-        out: list = [None] * len(frames)
-        for index, rows in self.iter_observation_rows(frames, observations=observations, config_types=config_types):
-            out[index] = rows
-        return out
-
-    def pool_observation_rows(self, pool_frames: Sequence[Atoms], indices: Sequence[int], *,
-                              observations: Sequence[str] | None = None) -> list[ObservationRows]:
-        """:meth:`observation_rows` of pool frames by index, with the pool's config_types.
-
-        The pool's rows are not stored (only compressed factors), so they are recomputed
-        for the requested frames: cost ∝ their atoms, not the pool's.
-        """
-        if len(pool_frames) != self.n_frames:
-            raise InputError(f"pool_frames has {len(pool_frames)} frames, the model {self.n_frames}")
-        indices = [int(i) for i in indices]
-        frames = [pool_frames[i] for i in indices]
-        cts = [self.config_types[i] for i in indices] if self.config_types is not None else None
-        return self.observation_rows(frames, observations=observations, config_types=cts)
-
-    def set_pool_rows(self, rows, *, observations: Sequence[str]) -> None:
-        """Take the pool's information from its observation rows: compressed factors + force moment.
-
-        ``rows``: ``(index, ObservationRows)`` of every pool frame (any order), e.g. a stream
-        of :meth:`iter_observation_rows` or rows already computed for a fit, so that a pool's
-        force rows are computed once. Sets ``factors``, ``pool_force_moment`` and
-        ``observations``.
-        """
-        factors: list = [None] * self.n_frames
-        moment = np.zeros((self.M, self.M)) if "forces" in observations else None
-        for index, r in rows:
-            factors[index] = r.compressed()
-            if moment is not None:
-                f = r.psi[r.kind == "force"]
-                moment += f.T @ f / len(f)
-        if any(f is None for f in factors):
-            raise InputError(f"rows given for {sum(f is not None for f in factors)} of the {self.n_frames} pool frames")
-        self.factors, self.observations = factors, tuple(observations)
-        self.pool_force_moment = None if moment is None else moment / self.n_frames
-
-    def force_variance_rows(self, frames: Sequence[Atoms]) -> list[np.ndarray]:
-        """Per target frame t a factor B_t (k_t × M) with B_tᵀB_t = Ψ_F,tᵀ Ψ_F,t / (3 n_t).
-
-        The mean predictive variance of t's force components (eV²/Å²) under C = F̃⁻¹ is
-        v_F(t) = tr(B_t C B_tᵀ) (:meth:`force_variance`); the target mean is tr(C A) with
-        A = mean_t B_tᵀ B_t (:func:`mean_force_moment`). Rank k_t ≤ min(3 n_t, M).
-        """
-        return [force_moment(rows) for _, rows in self.iter_observation_rows(frames, observations=("energy", "forces"))]
-
-    @staticmethod
-    def force_variance(C: np.ndarray, blocks: Sequence[np.ndarray]) -> np.ndarray:
-        """v_F(t) = tr(B_t C B_tᵀ), mean force-component variance of each target (eV²/Å²)."""
-        return np.array([float(np.einsum("ij,jk,ik->", B, C, B)) for B in blocks])
-
-    def predictive_variance(self, C: np.ndarray, psi: np.ndarray, n_atoms: np.ndarray) -> np.ndarray:
-        """v(t) = ψ_tᵀ F̃⁻¹ ψ_t / n_t² (eV²/atom²) for rows ``psi`` given C = F̃⁻¹."""
-        return np.einsum("ij,jk,ik->i", psi, C, psi) / np.asarray(n_atoms, dtype=float) ** 2
-
 
 def resolve_species(soap: SOAP, frames: Sequence[Atoms], *,
                     species: Sequence[int] | None = None) -> tuple[SOAP, list[int]]:
