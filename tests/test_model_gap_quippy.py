@@ -259,3 +259,15 @@ def test_record_round_trip_and_verify(spec, tmp_path):
     assert DesignConfig.from_record(rec).model.gap == spec
     check = verify_record(rec, pool)
     assert check["ok"], check
+
+
+def test_featomic_soap_rows_equal_quippy_rows(spec):
+    frames = [_two_species_frame(), *zr_example(3, seed=9)]
+    fast = build_gap_model(frames, spec, observations=("energy", "forces"), workers=1)
+    ref = build_gap_model(frames, spec, observations=("energy", "forces"), workers=1, use_featomic=False)
+    assert any(f is not None for f in fast.featomic) and all(f is None for f in ref.featomic)
+    assert [x.tolist() for x in fast.sparse.locations] == [x.tolist() for x in ref.sparse.locations]
+    scale = np.abs(ref.psi).max()
+    np.testing.assert_allclose(fast.psi, ref.psi, rtol=0, atol=1e-9 * scale)  # measured ~1e-12
+    for a, b in zip(fast.observation_rows(frames), ref.observation_rows(frames)):
+        np.testing.assert_allclose(a.psi, b.psi, rtol=0, atol=1e-8 * np.abs(b.psi).max())

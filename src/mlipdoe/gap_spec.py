@@ -77,8 +77,8 @@ SPARSE_METHODS = ("random", "pivot", "cluster", "uniform", "kmeans", "covariance
 
 
 def _why(groups: Mapping[str, str]) -> dict:
-    """``{"k1 k2": reason}`` → ``{k: reason}`` (``{k}`` in the reason is the key)."""
-    return {k: why.format(k=k) for keys, why in groups.items() for k in keys.split()}
+    """``{"k1 k2": reason}`` → ``{k: reason}`` (``{k}`` in the reason is the key; else it leads)."""
+    return {k: why.format(k=k) if "{k}" in why else f"{k}: {why}" for keys, why in groups.items() for k in keys.split()}
 
 
 _REFUSED_IN_GAP = _why({

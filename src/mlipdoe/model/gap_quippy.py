@@ -24,7 +24,8 @@ against quippy's ``Potential`` in ``tests/test_model_gap_quippy.py``). Everythin
 quippy computes one frame at a time and is slow (~1 ms/atom for a SOAP, ~3 ms/atom with
 gradients), so frames are spread over worker processes; each frame's rows are computed by
 the same code on one BLAS thread in any process, so the rows do not depend on the number of
-workers.
+workers. ``soap`` descriptors are computed by featomic configured to equal GAP's soap
+(:mod:`mlipdoe.descriptors.quippy_match`, ~2e-13 relative) unless virials are observed.
 """
 
 from __future__ import annotations
@@ -406,21 +407,72 @@ def frame_rows(instances: Sequence[Instances], sparse: GapSparse, kernels: Seque
 # Worker processes: one frame at a time, results independent of the process
 # ---------------------------------------------------------------------------
 
+#: soap keys that featomic reproduces exactly (:mod:`mlipdoe.descriptors.quippy_match`).
+FEATOMIC_SOAP_KEYS = ("cutoff", "cutoff_transition_width", "n_max", "l_max", "atom_sigma", "central_weight",
+                      "covariance_sigma0", "normalise", "n_species", "species_Z", "Z")
+
+
+def featomic_soap_arguments(descriptor) -> dict | None:
+    """Arguments of :func:`~mlipdoe.descriptors.quippy_match.featomic_soap_matching_quippy` equal to this
+    expanded ``soap`` descriptor, or None for other descriptors and for soap keys featomic does not
+    reproduce (``central_reference_all_species``, ``diagonal_radial``, …: quippy computes those)."""
+    if descriptor.kind != "soap" or set(descriptor.hypers) - set(FEATOMIC_SOAP_KEYS):
+        return None
+    h = descriptor.hyper
+    species = [int(z) for z in str(h("species_Z")).strip("{}").split()]
+    centres = [int(z) for z in str(h("Z")).strip("{}").split()]
+    if len(species) != int(h("n_species")) or len(centres) != 1 or centres[0] not in species:
+        return None
+    return {"cutoff": float(h("cutoff")), "n_max": int(h("n_max")), "l_max": int(h("l_max")),
+            "atom_sigma": float(h("atom_sigma")), "species": species, "centers": centres,
+            "cutoff_transition_width": float(h("cutoff_transition_width")),
+            "central_weight": float(h("central_weight")), "covariance_sigma0": float(h("covariance_sigma0")),
+            "normalise": str(h("normalise")).upper().startswith("T")}
+
+
 _WORKER: dict = {}
 
 
-def _init_worker(strings: Sequence[str], dimensions: Sequence[int]) -> None:
+def _init_worker(strings: Sequence[str], dimensions: Sequence[int], featomic: Sequence) -> None:
+    """Build each descriptor once per process: quippy's, or featomic's equal soap."""
+    from ..descriptors.quippy_match import featomic_soap_matching_quippy
+
     _WORKER.clear()
-    _WORKER.update(descriptors=[_quippy_descriptor(s) for s in strings], dimensions=list(dimensions),
-                   strings=tuple(strings))
+    engines = [featomic_soap_matching_quippy(**f) if f is not None else _quippy_descriptor(s)
+               for s, f in zip(strings, featomic)]
+    _WORKER.update(descriptors=engines, featomic=[f is not None for f in featomic], dimensions=list(dimensions),
+                   key=(tuple(strings), tuple(f is not None for f in featomic)))
+
+
+def _featomic_instances(result, n_frames: int, grad: bool) -> list[Instances]:
+    """Per-frame :class:`Instances` of a featomic soap chunk (weights 1, no image positions)."""
+    frame_of = result.centers[:, 0]
+    starts = np.searchsorted(frame_of, np.arange(n_frames + 1))
+    if grad:
+        gframe = result.centers[result.gradient_index[:, 0], 0]
+        gstarts = np.searchsorted(gframe, np.arange(n_frames + 1))
+    out = []
+    for f in range(n_frames):
+        a, b = starts[f], starts[f + 1]
+        inst = Instances(result.values[a:b], np.ones(b - a), result.centers[a:b, 1:2].copy())
+        if grad:
+            ga, gb = gstarts[f], gstarts[f + 1]
+            inst.grad = result.gradients[ga:gb]
+            inst.grad_cutoff = np.zeros((gb - ga, 3))
+            inst.grad_instance = result.gradient_index[ga:gb, 0] - a
+            inst.grad_atom = result.gradient_index[ga:gb, 2]
+        out.append(inst)
+    return out
 
 
 def _instances_task(frames: Sequence[Atoms], grad: bool) -> list[list[Instances]]:
-    out = []
-    for atoms in frames:
-        out.append([compute_instances(d, atoms, D, grad=grad)
-                    for d, D in zip(_WORKER["descriptors"], _WORKER["dimensions"])])
-    return out
+    per_desc = []
+    for engine, is_featomic, D in zip(_WORKER["descriptors"], _WORKER["featomic"], _WORKER["dimensions"]):
+        if is_featomic:
+            per_desc.append(_featomic_instances(engine.compute(list(frames), gradients=grad), len(frames), grad))
+        else:
+            per_desc.append([compute_instances(engine, atoms, D, grad=grad) for atoms in frames])
+    return [list(per_frame) for per_frame in zip(*per_desc)]
 
 
 def _table_task(frames: Sequence[Atoms]) -> list[list[tuple[np.ndarray, np.ndarray]]]:
@@ -443,8 +495,9 @@ class QuippyPool:
     every frame is computed by the same code on one BLAS thread wherever it runs.
     """
 
-    def __init__(self, strings: Sequence[str], dimensions: Sequence[int], workers: int, n_frames: int):
-        self.init_args = (list(strings), list(dimensions))
+    def __init__(self, strings: Sequence[str], dimensions: Sequence[int], featomic: Sequence, workers: int,
+                 n_frames: int):
+        self.init_args = (list(strings), list(dimensions), list(featomic))
         self.parallel = workers > 1 and n_frames >= MIN_FRAMES_FOR_WORKERS
         self.workers = workers
         self._executor = None
@@ -456,7 +509,7 @@ class QuippyPool:
             self._executor = ProcessPoolExecutor(max_workers=self.workers,
                                                  mp_context=multiprocessing.get_context("spawn"),
                                                  initializer=_init_worker, initargs=self.init_args)
-        elif _WORKER.get("strings") != tuple(self.init_args[0]):
+        elif _WORKER.get("key") != (tuple(self.init_args[0]), tuple(f is not None for f in self.init_args[2])):
             _init_worker(*self.init_args)
         return self
 
@@ -556,6 +609,8 @@ class GapExactModel(PoolInformation):
     pool_force_moment: np.ndarray | None = None
     notes: list = field(default_factory=list)
     workers: int = 1
+    #: Per expanded descriptor: featomic's arguments for an equal soap, or None (quippy computes it).
+    featomic: list = field(default_factory=list)
 
     sparse_method = "gap_fit"
 
@@ -589,7 +644,7 @@ class GapExactModel(PoolInformation):
     def _pool(self, n_frames: int):
         if self.shared_pool is not None:
             return contextlib.nullcontext(self.shared_pool)
-        return QuippyPool(self.sparse.labels, self.dimensions, self.workers, n_frames)
+        return QuippyPool(self.sparse.labels, self.dimensions, self.featomic, self.workers, n_frames)
 
     def raw_rows(self, frames: Sequence[Atoms], *, forces: bool = False, virials: bool = False,
                  local: bool = False, progress=None) -> Iterator[tuple[int, tuple]]:
@@ -686,6 +741,19 @@ def descriptor_dimensions(strings: Sequence[str]) -> list[int]:
     return [int(_quippy_descriptor(s).n_dim) for s in strings]
 
 
+def descriptor_engines(descriptors, observations: Sequence[str], use_featomic: bool = True) -> list:
+    """Which engine computes each expanded descriptor: featomic's arguments, or None for quippy.
+
+    featomic reproduces GAP's ``soap`` to ~2e-13 (vectors) and ~4e-10 (position gradients) at a
+    third of quippy's cost (docs/gap-exact.md); it gives no image positions, so a model that
+    observes virials computes every descriptor with quippy. The choice is the model's, made
+    once, so all its rows (pool, targets, fits) come from the same engine.
+    """
+    if not use_featomic or "virials" in observations:
+        return [None] * len(descriptors)
+    return [featomic_soap_arguments(d) for d in descriptors]
+
+
 def build_gap_model(
     frames: Sequence[Atoms],
     spec,
@@ -695,6 +763,7 @@ def build_gap_model(
     config_types: Sequence | None = None,
     sparse_locations: Sequence | None = None,
     workers: int | None = None,
+    use_featomic: bool = True,
     progress: Progress = NULL_PROGRESS,
 ) -> GapExactModel:
     """Instances → sparse points → K_MM → whitened rows of every pool frame.
@@ -712,6 +781,8 @@ def build_gap_model(
         Use these pool instances as sparse points (a design record's) instead of choosing.
     workers : int, optional
         Processes for quippy (default: the usable CPUs; small pools run in this process).
+    use_featomic : bool
+        Compute ``soap`` descriptors with featomic's exact equivalent (:func:`descriptor_engines`).
     """
     observations = check_observations(observations)
     frames = list(frames)
@@ -729,7 +800,8 @@ def build_gap_model(
     workers = default_workers() if workers is None else max(1, int(workers))
     noise = spec.noise().validate(observations)
     timings: dict = {}
-    with QuippyPool(strings, dimensions, workers, len(frames)) as pool:
+    featomic = descriptor_engines(descriptors, observations, use_featomic)
+    with QuippyPool(strings, dimensions, featomic, workers, len(frames)) as pool:
         t0 = time.perf_counter()
         tables = _instance_tables(frames, dimensions, pool, progress)
         timings["descriptors"] = time.perf_counter() - t0
@@ -754,7 +826,7 @@ def build_gap_model(
             n_atoms=np.array([len(a) for a in frames], dtype=np.int64),
             energy_variance=energy_variances(noise, frames, config_types), L=L, jitter=jitter, timings=timings,
             config_types=list(config_types) if config_types is not None else None, notes=notes, workers=workers,
-            shared_pool=pool)
+            shared_pool=pool, featomic=featomic)
         t3 = time.perf_counter()
         if observations == ("energy",):
             phi = np.zeros((len(frames), sparse.n_points))
@@ -784,7 +856,8 @@ def build_gap_model(
 
 
 def row_model(spec, species, vectors, cutoffs, locations, *, L: np.ndarray, jitter: float,
-              observations: Sequence[str] = ("energy", "forces"), workers: int | None = None) -> GapExactModel:
+              observations: Sequence[str] = ("energy", "forces"), workers: int | None = None,
+              use_featomic: bool = True) -> GapExactModel:
     """A :class:`GapExactModel` that computes rows of any frames from saved sparse points (no pool)."""
     species = [int(z) for z in species]
     descriptors = spec.expanded(species)
@@ -800,4 +873,5 @@ def row_model(spec, species, vectors, cutoffs, locations, *, L: np.ndarray, jitt
         dimensions=descriptor_dimensions(strings), noise=spec.noise().validate(observations),
         observations=check_observations(observations), sparse=sparse, seed=0, psi=np.zeros((0, M)),
         n_atoms=np.zeros(0, dtype=np.int64), energy_variance=np.zeros(0), L=np.asarray(L, dtype=float),
-        jitter=float(jitter), workers=default_workers() if workers is None else max(1, int(workers)))
+        jitter=float(jitter), workers=default_workers() if workers is None else max(1, int(workers)),
+        featomic=descriptor_engines(descriptors, observations, use_featomic))
