@@ -133,11 +133,14 @@ def _lammps_data_energy_rows(atoms, basis, species, tmp_path):
             f"compute b all sna/atom {basis.compute_args(species)}",
             "run 0 post no",
         ])
+        assert lmp.get_natoms() == len(atoms), "read_data lost atoms"
+        # numpy views of LAMMPS memory: copy both before close() frees it
         per_atom = lmp.numpy.extract_compute("b", lammps_module.LMP_STYLE_ATOM, lammps_module.LMP_TYPE_ARRAY)
-        types = lmp.numpy.extract_atom("type")[: len(atoms)]
         per_atom = np.array(per_atom[: len(atoms)])
+        types = np.array(lmp.numpy.extract_atom("type")[: len(atoms)])
     finally:
         lmp.close()
+    assert np.isin(types, np.arange(1, len(numbers) + 1)).all()
     blocks = []
     for t in range(1, len(numbers) + 1):
         if not basis.bzeroflag:
