@@ -49,6 +49,7 @@ from ..exceptions import ConfigurationError, InputError
 
 __all__ = [
     "GapSoapRadial",
+    "ProjectedSOAP",
     "QuippyMatchedSOAP",
     "QuippySOAPResult",
     "featomic_soap_matching_quippy",
@@ -112,7 +113,7 @@ class GapSoapRadial:
         cov = np.exp(-self.alpha * (rb[:, None] - rb[None, :]) ** 2)
         return np.linalg.solve(cov, np.linalg.cholesky(self.overlap()))
 
-    def grid_functions(self, r: np.ndarray, l: int, *, derivative: bool = False) -> np.ndarray:
+    def grid_functions(self, r: np.ndarray, ell: int, *, derivative: bool = False) -> np.ndarray:
         """g_l(r, ρ_b) = exp(-α(r² + ρ_b²)) i_l(2αrρ_b) (or d/dr), shape (n_points, n_max)."""
         a, rb = self.alpha, self.r_basis[None, :]
         r = np.asarray(r, dtype=np.float64).reshape(-1, 1)
@@ -124,20 +125,20 @@ class GapSoapRadial:
             return np.where(x == 0.0, 1.0 if order == 0 else 0.0, v)
 
         gauss = np.exp(-a * (r - rb) ** 2)  # = exp(-α(r²+ρ²)) · exp(x)
-        value = gauss * scaled_bessel(l)
+        value = gauss * scaled_bessel(ell)
         if not derivative:
             return value
-        # i_l'(x) = i_{l+1}(x) + (l/x) i_l(x), with i_1'(0) = 1/3
+        # i_l'(x) = i_{ell+1}(x) + (ell/x) i_l(x), with i_1'(0) = 1/3
         with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where(x == 0.0, 0.0, l / x)
-        dbessel = scaled_bessel(l + 1) + ratio * scaled_bessel(l)
-        if l == 1:
+            ratio = np.where(x == 0.0, 0.0, ell / x)
+        dbessel = scaled_bessel(ell + 1) + ratio * scaled_bessel(ell)
+        if ell == 1:
             dbessel = np.where(x == 0.0, 1.0 / 3.0, dbessel)
         return -2.0 * a * r * value + gauss * dbessel * 2.0 * a * rb
 
-    def values(self, r: np.ndarray, l: int, *, derivative: bool = False) -> np.ndarray:
+    def values(self, r: np.ndarray, ell: int, *, derivative: bool = False) -> np.ndarray:
         """R_la(r) (or dR_la/dr), shape (n_points, n_max)."""
-        return self.grid_functions(r, l, derivative=derivative) @ self.transform()
+        return self.grid_functions(r, ell, derivative=derivative) @ self.transform()
 
 
 def quippy_layout(species: Sequence[int], n_max: int, l_max: int) -> tuple[list[tuple], np.ndarray]:
@@ -280,6 +281,62 @@ class QuippyMatchedSOAP:
         self._columns, self._factors = quippy_layout(species, self.radial.n_max, self.radial.l_max)
         self.dimension = len(self._columns) + 1
 
+    def compute_projected(self, frames: Sequence[Atoms], *, gradients: bool = False) -> ProjectedSOAP:
+        """Like :meth:`compute` for one centre species, keeping featomic's raw gradients (see
+        :class:`ProjectedSOAP`): the layout map is applied to what the gradients are contracted
+        with instead of to the gradients."""
+        frames = list(frames)
+        if len(self.centers) != 1:
+            raise ConfigurationError("compute_projected needs exactly one centre species (quippy's Z)")
+        for k, atoms in enumerate(frames):
+            extra = set(np.unique(atoms.numbers).tolist()) - set(self.species)
+            if extra:
+                raise InputError(f"frame {k} contains species {sorted(extra)} outside {list(self.species)}")
+        d = self.dimension
+        tensor = self.calculator.compute(frames, gradients=["positions"] if gradients else None)
+        tensor = tensor.keys_to_properties(self._pairs)
+        found = [i for i, key in enumerate(tensor.keys) if int(key["center_type"]) == self.centers[0]]
+        lookup_cols = None
+        if found:
+            block = tensor.block(found[0])
+            lookup = {tuple(p): i for i, p in enumerate(block.properties.values.tolist())}
+            lookup_cols = np.array([lookup[c] for c in self._columns], dtype=np.int64)
+        if not found or block.values.shape[0] == 0:
+            empty_g = np.zeros((0, 3, 1)) if gradients else None
+            return ProjectedSOAP(np.zeros((0, d)), np.zeros((0, 2), dtype=np.int64), np.zeros(0), empty_g,
+                                 np.zeros((0, 3), dtype=np.int64) if gradients else None,
+                                 lookup_cols if lookup_cols is not None else np.zeros(0, dtype=np.int64),
+                                 self._factors, self.normalise)
+        raw = np.asarray(block.values)[:, lookup_cols] * self._factors
+        norms = np.linalg.norm(raw, axis=1)
+        if self.normalise and np.any(norms == 0):
+            bad = block.samples.values[int(np.flatnonzero(norms == 0)[0])]
+            raise InputError(f"atom {int(bad[1])} of frame {int(bad[0])} has a zero SOAP vector")
+        scale = norms if self.normalise else np.ones_like(norms)
+        values = np.empty((len(raw), d))
+        values[:, :-1] = raw / scale[:, None]
+        values[:, -1] = self.covariance_sigma0
+        centers = np.asarray(block.samples.values, dtype=np.int64)[:, :2]
+        order = np.lexsort((centers[:, 1], centers[:, 0]))  # frame, then atom: quippy's order
+        sorted_already = bool(np.all(order == np.arange(len(order))))
+        if not sorted_already:
+            values, centers, scale = values[order], centers[order], scale[order]
+        grads = gidx = None
+        if gradients:
+            g = block.gradient("positions")
+            gs = np.asarray(g.samples.values, dtype=np.int64)
+            grads = np.asarray(g.values)
+            rows = gs[:, 0]
+            if not sorted_already:
+                inverse = np.empty_like(order)
+                inverse[order] = np.arange(len(order))
+                rows = inverse[rows]
+            if np.any(np.diff(rows) < 0):
+                gorder = np.argsort(rows, kind="stable")
+                rows, gs, grads = rows[gorder], gs[gorder], grads[gorder]
+            gidx = np.column_stack([rows, centers[rows, 0], gs[:, 2]])
+        return ProjectedSOAP(values, centers, scale, grads, gidx, lookup_cols, self._factors, self.normalise)
+
     def compute(self, frames: Sequence[Atoms], *, gradients: bool = False) -> QuippySOAPResult:
         """quippy's ``soap`` vectors (and position gradients) of every centre in ``frames``.
 
@@ -358,6 +415,60 @@ class QuippyMatchedSOAP:
             result.gradients = np.concatenate(grads)[gorder]
             result.gradient_index = gidx_all[gorder]
         return result
+
+
+@dataclass
+class ProjectedSOAP:
+    """quippy's vectors of one centre species with featomic's raw gradients (no layout copy).
+
+    The gradient of quippy's vector q = (P p / |P p|, σ₀) with P the fixed signed selection
+    (``columns``, ``factors``) is ∂q = (I − x xᵀ) P ∂p / |P p| (first D − 1 elements; the
+    last is constant). Contracting it with vectors V (M × D) needs only P applied to V, so
+    the raw gradients ∂p are used as featomic returns them: ``contract`` is one GEMM.
+
+    Attributes
+    ----------
+    values : (n_env, D) float64
+        quippy's vectors (as :class:`QuippySOAPResult`), frame then atom order.
+    centers : (n_env, 2) int64
+        (frame, atom) of each row.
+    norms : (n_env,) float64
+        |P p| of each row (1 when not normalised).
+    gradients : (n_grad, 3, D_f) float64 or None
+        featomic's ∂p/∂r (all D_f power-spectrum elements of the species-pair blocks).
+    gradient_index : (n_grad, 3) int64 or None
+        (row, frame, atom) of each gradient entry, sorted by row.
+    columns : (D - 1,) int64
+        featomic element of each of quippy's first D − 1 elements.
+    factors : (D - 1,) float64
+    normalise : bool
+    """
+
+    values: np.ndarray
+    centers: np.ndarray
+    norms: np.ndarray
+    gradients: np.ndarray | None
+    gradient_index: np.ndarray | None
+    columns: np.ndarray
+    factors: np.ndarray
+    normalise: bool = True
+
+    def lift(self, V: np.ndarray) -> np.ndarray:
+        """Pᵀ V[:, :-1] in featomic's layout, (M, D_f)."""
+        out = np.zeros((len(V), self.gradients.shape[-1]))
+        out[:, self.columns] = V[:, :-1] * self.factors
+        return out
+
+    def contract(self, V: np.ndarray, rows: np.ndarray, grads: np.ndarray) -> np.ndarray:
+        """∂q_rows · V for gradient entries ``grads`` (n × 3 × D_f) of instances ``rows``: (n, 3, M)."""
+        n, _, Df = grads.shape
+        out = (grads.reshape(-1, Df) @ self.lift(V).T).reshape(n, 3, len(V))
+        if self.normalise:
+            x = self.values[rows]
+            gx = np.einsum("gad,gd->ga", grads, self.lift(x))
+            out -= gx[:, :, None] * (x[:, :-1] @ V[:, :-1].T)[:, None, :]
+            out /= self.norms[rows][:, None, None]
+        return out
 
 
 def featomic_soap_matching_quippy(*, cutoff: float, n_max: int, l_max: int, atom_sigma: float,

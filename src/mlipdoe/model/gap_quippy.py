@@ -101,9 +101,33 @@ class Instances:
     grad_instance: np.ndarray | None = None
     grad_atom: np.ndarray | None = None
     grad_pos: np.ndarray | None = None
+    #: featomic soap: the projection that contracts its raw gradients (``grad`` is then ∂p, not ∂x).
+    projected: object = None
 
     def __len__(self) -> int:
         return len(self.cutoff)
+
+    def grad_dot(self, V: np.ndarray) -> np.ndarray:
+        """∂x_ι/∂r · v_m for every gradient entry and row v_m of V (M × D): (g, 3, M)."""
+        if self.projected is not None:
+            return self.projected.contract(V, self.grad_instance + self.first_row, self.grad)
+        g, _, D = self.grad.shape
+        return (self.grad.reshape(-1, D) @ V.T).reshape(g, 3, -1)
+
+    def grad_self(self) -> np.ndarray:
+        """∂x_ι/∂r · x_ι of every gradient entry: (g, 3)."""
+        if self.projected is not None:
+            rows = self.grad_instance + self.first_row
+            x = self.projected.values[rows]
+            gx = np.einsum("gad,gd->ga", self.grad, self.projected.lift(x))
+            if self.projected.normalise:  # (I − x xᵀ) projects x out of the first D − 1 elements
+                gx = gx - np.sum(x[:, :-1] ** 2, axis=1)[:, None] * gx
+                gx /= self.projected.norms[rows][:, None]
+            return gx
+        return np.einsum("gad,gd->ga", self.grad, self.data[self.grad_instance])
+
+    #: Row of this frame's first instance in ``projected`` (a chunk of frames shares one).
+    first_row: int = 0
 
 
 def compute_instances(descriptor, atoms: Atoms, dimension: int, *, grad: bool = False) -> Instances:
@@ -179,15 +203,13 @@ class InstanceKernel:
 
     def gradient_contraction(self, inst: Instances, Z: np.ndarray, K: np.ndarray) -> np.ndarray:
         """∇_x k(x_ι, z_m) · ∂x_ι/∂r for every gradient entry: (g, 3, M)."""
-        G = inst.grad
-        g, _, D = G.shape
         row = inst.grad_instance
-        GZ = (G.reshape(-1, D) @ Z.T).reshape(g, 3, -1)
+        GZ = inst.grad_dot(Z)
         if self.covariance_type == "dot_product":
             dots = inst.data @ Z.T
             A = self.delta**2 * self.zeta * dots ** (self.zeta - 1.0)
             return A[row][:, None, :] * GZ
-        Gx = np.einsum("gad,gd->ga", G, inst.data[row])
+        Gx = inst.grad_self()
         return -(K[row][:, None, :] / self.theta**2) * (Gx[:, :, None] - GZ)
 
 
@@ -445,12 +467,12 @@ def _init_worker(strings: Sequence[str], dimensions: Sequence[int], featomic: Se
 
 
 def _featomic_instances(result, n_frames: int, grad: bool) -> list[Instances]:
-    """Per-frame :class:`Instances` of a featomic soap chunk (weights 1, no image positions)."""
+    """Per-frame :class:`Instances` of a featomic soap chunk (:class:`ProjectedSOAP`; weights 1,
+    no image positions)."""
     frame_of = result.centers[:, 0]
     starts = np.searchsorted(frame_of, np.arange(n_frames + 1))
     if grad:
-        gframe = result.centers[result.gradient_index[:, 0], 0]
-        gstarts = np.searchsorted(gframe, np.arange(n_frames + 1))
+        gstarts = np.searchsorted(result.gradient_index[:, 1], np.arange(n_frames + 1))
     out = []
     for f in range(n_frames):
         a, b = starts[f], starts[f + 1]
@@ -461,6 +483,7 @@ def _featomic_instances(result, n_frames: int, grad: bool) -> list[Instances]:
             inst.grad_cutoff = np.zeros((gb - ga, 3))
             inst.grad_instance = result.gradient_index[ga:gb, 0] - a
             inst.grad_atom = result.gradient_index[ga:gb, 2]
+            inst.projected, inst.first_row = result, int(a)
         out.append(inst)
     return out
 
@@ -469,7 +492,8 @@ def _instances_task(frames: Sequence[Atoms], grad: bool) -> list[list[Instances]
     per_desc = []
     for engine, is_featomic, D in zip(_WORKER["descriptors"], _WORKER["featomic"], _WORKER["dimensions"]):
         if is_featomic:
-            per_desc.append(_featomic_instances(engine.compute(list(frames), gradients=grad), len(frames), grad))
+            per_desc.append(_featomic_instances(engine.compute_projected(list(frames), gradients=grad), len(frames),
+                                                grad))
         else:
             per_desc.append([compute_instances(engine, atoms, D, grad=grad) for atoms in frames])
     return [list(per_frame) for per_frame in zip(*per_desc)]
