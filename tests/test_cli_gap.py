@@ -108,3 +108,16 @@ def test_export_needs_gap_fit_args(designed, tmp_path):
                    "--record", tmp_path / "r.json", "-q", "--n-sparse", "5", "--n-max", "4", "--l-max", "3")
     assert proc.returncode == 2 and "--gap-fit-args" in proc.stderr, proc.stderr
     assert not (tmp_path / "e").exists()
+
+
+def test_score_and_grade_on_a_gap_record(designed, tmp_path):
+    d, _ = designed
+    score = run_cli("score", "--record", d / "design.json")
+    assert score.returncode == 0 and "d" in score.stdout, score.stderr
+    write_frames(zr_example(3, seed=21), tmp_path / "md.xyz")
+    grade = run_cli("grade", tmp_path / "md.xyz", "--record", d / "design.json", "-o", tmp_path / "g.xyz")
+    assert grade.returncode == 0, grade.stderr
+    import ase.io
+
+    graded = ase.io.read(tmp_path / "g.xyz", index=":")
+    assert len(graded) == 3 and all(np.isfinite(a.info["mlipdoe_grade"]) for a in graded)

@@ -271,3 +271,16 @@ def test_featomic_soap_rows_equal_quippy_rows(spec):
     np.testing.assert_allclose(fast.psi, ref.psi, rtol=0, atol=1e-9 * scale)  # measured ~1e-12
     for a, b in zip(fast.observation_rows(frames), ref.observation_rows(frames)):
         np.testing.assert_allclose(a.psi, b.psi, rtol=0, atol=1e-8 * np.abs(b.psi).max())
+
+
+def test_config_type_n_sparse_chooses_within_each_config_type():
+    spec = parse_gap_fit_args(
+        "gap={soap cutoff=4.5 n_max=3 l_max=2 atom_sigma=0.5 delta=0.2 zeta=2 covariance_type=dot_product "
+        "config_type_n_sparse={{strain:4:rattled:3}} sparse_method=random} default_sigma={0.002 0.1 0 0}")
+    frames = zr_example(6, seed=1)
+    types = ["strain"] * 3 + ["rattled"] * 3
+    model = build_gap_model(frames, spec, config_types=types, workers=1)
+    frames_of_points = model.sparse.locations[0][:, 0]
+    assert sorted(types[f] for f in frames_of_points) == ["rattled"] * 3 + ["strain"] * 4
+    again = build_gap_model(frames, spec, config_types=types, workers=1)
+    assert np.array_equal(again.sparse.locations[0], model.sparse.locations[0])

@@ -633,8 +633,8 @@ class GradeResult:
     max_train_atom_variance: float
 
 
-def grade(model: InformationModel, train: Sequence[int], frames: Sequence[Atoms], *, train_frames: Sequence[Atoms],
-          chunk_size: int = 100) -> GradeResult:
+def grade(model: InformationModel, train: Sequence[int], frames: Sequence[Atoms], *,
+          train_frames: Sequence[Atoms]) -> GradeResult:
     """Extrapolation grade of ``frames`` w.r.t. the training members ``train`` of ``model``.
 
     Parameters
@@ -654,12 +654,12 @@ def grade(model: InformationModel, train: Sequence[int], frames: Sequence[Atoms]
     if len(train_frames) != len(train):
         raise InputError(f"{len(train_frames)} training frames given for {len(train)} training indices")
     # reference variances from the same local-row path as the graded frames (same round-off)
-    rows_train = model.local_rows(train_frames, chunk_size=chunk_size)
+    rows_train = model.local_rows(train_frames)
     psi_train = np.array([r.sum(axis=0) for r in rows_train])
     v_train = model.predictive_variance(C, psi_train, np.array([len(a) for a in train_frames]))
     max_v = float(np.max(v_train))
     max_atom = float(max(np.max(np.einsum("ij,jk,ik->i", r, C, r)) for r in rows_train))
-    rows = model.local_rows(frames, chunk_size=chunk_size)
+    rows = model.local_rows(frames)
     psi = np.array([r.sum(axis=0) for r in rows])
     v = model.predictive_variance(C, psi, np.array([len(a) for a in frames]))
     atom = [np.einsum("ij,jk,ik->i", r, C, r) / max_atom for r in rows]
