@@ -88,7 +88,7 @@ def test_each_required_field_removed_is_refused(written, tmp_path, name):
     (lambda d: d.update(notes="dropped 2 points"), "field 'notes' must be of type array, got string"),
     (lambda d: d.update(notes=[3]), "field 'notes[0]' must be of type string, got integer"),
     (lambda d: d["budget"].update(kind="frames"), "field 'budget.kind' must be one of \"count\", \"atoms\", \"cost\""),
-    (lambda d: d["kernel"].update(type="ard_se"), "field 'kernel.type' must be one of \"dot_product\", \"gap_fit\", got \"ard_se\""),
+    (lambda d: d["kernel"].update(type="ard_se"), "field 'kernel.type' must be one of \"dot_product\", \"gap_fit\", \"linear\", got \"ard_se\""),
     (lambda d: d["noise"].update(energy=0), "field 'noise.energy'"),
     (lambda d: d["pool"][0].pop("sha256"), "missing required field 'pool[0].sha256'"),
     (lambda d: d["sparse_points"].__setitem__(0, [1]), "field 'sparse_points[0]'"),

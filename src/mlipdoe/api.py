@@ -59,6 +59,12 @@ def model_for(pool, config: ModelConfig, *, chunk_size: int = 100, progress: Pro
     """The information model of ``config`` on ``pool`` (sparse points chosen, or at ``sparse_locations``)."""
     pool = as_pool(pool)
     config.validate()
+    if config.linear is not None:
+        from .model.linear_model import build_linear_model
+
+        return build_linear_model(pool.frames, config.linear.basis, prior_precision=config.linear.prior_precision,
+                                  noise=config.noise, observations=config.observations, seed=config.seed,
+                                  config_types=pool.config_types, progress=progress)
     if config.gap is not None:
         from .model.gap_quippy import build_gap_model
 

@@ -126,6 +126,10 @@ class ModelConfig:
         A parsed gap_fit command line (:mod:`mlipdoe.gap_spec`): the model is then exactly
         the one gap_fit trains (GAP's own descriptors, several of them; spec section 7), and
         ``soap``, ``kernel``, ``noise``, ``n_sparse`` and ``sparse_method`` come from it.
+    linear : LinearSpec, optional
+        A model linear in its parameters (:mod:`mlipdoe.model.linear_model`: SNAP through
+        LAMMPS, or per-atom features from the pool file) with a ridge prior (spec section 8);
+        ``soap``, ``kernel``, ``n_sparse`` and ``sparse_method`` are then not used.
     """
 
     soap: object = None
@@ -136,14 +140,19 @@ class ModelConfig:
     sparse_method: str = "cur"
     seed: int = 0
     gap: object = None
+    linear: object = None
 
     def __post_init__(self):
         from .descriptors import SOAP
         from .model.kernels import Kernel
 
+        if self.gap is not None and self.linear is not None:
+            raise ConfigurationError("a model is either a gap_fit model or a linear model, not both")
         if self.gap is not None:
             object.__setattr__(self, "noise", self.gap.noise())
             object.__setattr__(self, "sparse_method", "gap_fit")
+        if self.linear is not None:
+            object.__setattr__(self, "sparse_method", "none")
         if self.soap is None:
             object.__setattr__(self, "soap", SOAP())
         if self.kernel is None:
@@ -155,7 +164,7 @@ class ModelConfig:
 
     def validate(self) -> "ModelConfig":
         check_observations(self.observations)
-        if self.gap is not None:
+        if self.gap is not None or self.linear is not None:
             self.noise.validate(self.observations)
             return self
         if self.sparse_method not in SPARSE_METHODS:
@@ -176,6 +185,10 @@ class ModelConfig:
                     "noise": self.noise.to_dict(), "observations": list(self.observations),
                     "n_sparse": {f"{k}:{d.kind}": int(d.n_sparse) for k, d in enumerate(self.gap.descriptors)},
                     "sparse_method": "gap_fit", "seed": int(self.seed)}
+        if self.linear is not None:
+            return {**self.linear.record_fields(), "noise": self.noise.to_dict(),
+                    "observations": list(self.observations), "n_sparse": 0, "sparse_method": "none",
+                    "seed": int(self.seed)}
         n_sparse = self.n_sparse if isinstance(self.n_sparse, (int, np.integer)) else {
             str(k): int(v) for k, v in dict(self.n_sparse).items()}
         return {"descriptor": self.soap.to_dict(), "kernel": self.kernel.to_dict(), "noise": self.noise.to_dict(),
@@ -194,6 +207,12 @@ class ModelConfig:
 
             check_keys(descriptor, ("backend", "gap_fit"), "gap_fit descriptor")
             return cls(gap=GapFitSpec.from_dict(descriptor.get("gap_fit", {})),
+                       observations=tuple(data.get("observations", ("energy",))), seed=int(data.get("seed", 0)))
+        if isinstance(descriptor, Mapping) and descriptor.get("backend") in ("lammps-snap", "features"):
+            from .model.linear_model import LinearSpec
+
+            return cls(linear=LinearSpec.from_record_fields(descriptor, data.get("kernel", {})),
+                       noise=Noise.from_dict(data.get("noise", {})),
                        observations=tuple(data.get("observations", ("energy",))), seed=int(data.get("seed", 0)))
         n_sparse = data.get("n_sparse", 100)
         if isinstance(n_sparse, Mapping):

@@ -101,7 +101,7 @@ def _print_report(report: dict, limit: int = 20) -> None:
 
 
 @app.command()
-@model_options("soap", "kernel", "sparse", "noise", "gap", "observe")
+@model_options("soap", "kernel", "sparse", "noise", "gap", "linear", "observe")
 def assess(
     ctx: typer.Context,
     train: Optional[Path] = typer.Option(None, "--train", help="Training frames (extxyz or any ASE file)."),

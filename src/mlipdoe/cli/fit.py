@@ -81,6 +81,9 @@ def fit(
                      "points are used)")
         rec = read_record(record)
         the_pool = pool_for_record(rec, pool)
+        if rec.descriptor.get("backend") in ("lammps-snap", "features"):
+            raise InputError("this record is of a linear model (SNAP or per-atom features): fit it with your own "
+                             "trainer (FitSNAP, …) on the selected frames; mlipdoe fit trains GAP models")
         if rec.descriptor.get("backend") == "quippy":
             _fit_gap_exact(rec, the_pool, frames, labels, output=output, engine=engine, forces=forces, model=model)
             return

@@ -51,6 +51,22 @@ GROUPS: dict[str, tuple[tuple[str, type, object], ...]] = {
         ("gap_fit_args_file", Path, typer.Option(
             None, "--gap-fit-args-file", help="The same arguments read from a file (newlines are spaces).")),
     ),
+    "linear": (
+        ("model_kind", str, typer.Option(
+            "gap", "--model", help="gap (SOAP GAP, the default; see --gap-fit-args for gap_fit's exact model) or "
+            "snap (SNAP bispectra through LAMMPS: mlipdoe[snap]).")),
+        ("snap_twojmax", int, typer.Option(6, "--snap-twojmax", help="With --model snap: band limit 2J.")),
+        ("snap_rcutfac", float, typer.Option(
+            5.0, "--snap-rcutfac", help="With --model snap: cutoff scale (cutoff = rcutfac·2·radelem; radelem 0.5).")),
+        ("fitsnap_input", Path, typer.Option(
+            None, "--fitsnap-input", help="SNAP hypers from the [BISPECTRUM] section of a FitSNAP input file "
+            "(implies --model snap).")),
+        ("features_key", str, typer.Option(
+            None, "--features-key", help="Design on per-atom features atoms.arrays[KEY] (n_atoms × D, e.g. a MACE "
+            "model's descriptors): the Bayesian linear model of their per-element sums, energies only.")),
+        ("prior_precision", float, typer.Option(
+            1.0, "--prior-precision", help="Linear models: ridge prior precision λ (β ~ N(0, I/λ)), eV⁻².")),
+    ),
     "observe": (
         ("observe", str, typer.Option(
             "energy", "--observe",
@@ -59,7 +75,8 @@ GROUPS: dict[str, tuple[tuple[str, type, object], ...]] = {
     ),
 }
 
-_OPTION_NAMES = {name: "--" + name.replace("_", "-") for group in GROUPS.values() for name, _, _ in group}
+_OPTION_NAMES = {name: next((d for d in info.param_decls if d.startswith("--")), "--" + name.replace("_", "-"))
+                 for group in GROUPS.values() for name, _, info in group}
 
 
 def split_list(values) -> list[str]:
@@ -144,10 +161,51 @@ class ModelOptions:
 
         return parse_gap_fit_args(text) if text is not None else read_gap_fit_args(path)
 
+    @property
+    def linear(self):
+        """The :class:`~mlipdoe.model.linear_model.LinearSpec` of ``--model snap``/``--features-key``, or None."""
+        if "model_kind" not in self.values:
+            return None
+        v = self.values
+        kind = str(v["model_kind"]).strip().lower()
+        if kind not in ("gap", "snap"):
+            raise InputError(f"--model must be gap or snap, got {v['model_kind']!r}")
+        if v["fitsnap_input"] is not None:
+            kind = "snap" if kind == "gap" and "--model" not in self.given else kind
+            if kind != "snap":
+                raise InputError("--fitsnap-input describes a SNAP model: drop --model gap")
+        snap_options = [o for o in ("--snap-twojmax", "--snap-rcutfac") if o in self.given]
+        if v["features_key"] is not None:
+            if kind == "snap":
+                raise InputError("--features-key and --model snap are two different models: give one")
+            self.refuse(snap_options, "with --features-key")
+            from ..model.linear_model import FeatureBasis, LinearSpec
+
+            return LinearSpec(FeatureBasis(key=str(v["features_key"])), v["prior_precision"])
+        if kind != "snap":
+            self.refuse(snap_options + [o for o in ("--prior-precision",) if o in self.given],
+                        "without --model snap or --features-key")
+            return None
+        from ..model.linear import SnapBasis
+        from ..model.linear_model import LinearSpec, read_fitsnap_bispectrum
+
+        if v["fitsnap_input"] is not None:
+            self.refuse(snap_options, "with --fitsnap-input (the file sets the SNAP hypers)")
+            basis = read_fitsnap_bispectrum(v["fitsnap_input"])
+        else:
+            basis = SnapBasis(twojmax=v["snap_twojmax"], rcutfac=v["snap_rcutfac"]).validate()
+        return LinearSpec(basis, v["prior_precision"])
+
     def config(self, seed: int = 0):
         """The :class:`~mlipdoe.hypers.ModelConfig` of these options (needs every model group)."""
         from ..hypers import ModelConfig
 
+        linear = self.linear
+        if linear is not None:
+            self.refuse(self.given_of("soap", "kernel", "sparse", "gap"),
+                        "by a linear model (--model snap / --features-key)")
+            return ModelConfig(linear=linear, noise=self.noise, observations=self.observations,
+                               seed=int(seed)).validate()
         gap = self.gap
         if gap is not None:
             self.refuse(self.given_of("soap", "kernel", "sparse", "noise"),

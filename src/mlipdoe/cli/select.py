@@ -91,7 +91,7 @@ def _check_select_options(ctx: typer.Context, model: ModelOptions, *, criterion:
 
 
 @app.command()
-@model_options("soap", "kernel", "sparse", "noise", "gap", "observe")
+@model_options("soap", "kernel", "sparse", "noise", "gap", "linear", "observe")
 def select(
     ctx: typer.Context,
     pool: List[Path] = typer.Argument(..., help="Candidate configurations: any file(s) ASE reads; all frames used."),
@@ -192,8 +192,9 @@ def _pool_and_model(paths, config, *, store, memory_limit, scheduler, sparse_sam
     from ..store import build_model_stored
 
     check_output(store, what="--store", folder=True)
-    if config.model.gap is not None:
-        raise InputError("--store holds featomic rows; a design on --gap-fit-args is computed in memory: drop --store")
+    if config.model.gap is not None or config.model.linear is not None:
+        raise InputError("--store holds featomic rows; a design on --gap-fit-args, --model snap or --features-key "
+                         "is computed in memory: drop --store")
     if config.model.observations != ("energy",):
         raise InputError("--store holds energy rows only; use --observe energy with --store")
     frames = read_pool_indexed(paths, Path(store) / POOL_INDEX, progress=progress)  # warm: no parsing

@@ -520,3 +520,82 @@ def build_linear_model(
     model.psi, model.energy_variance = psi, energy_var
     model.timings["force_rows"] = time.perf_counter() - t0
     return model
+
+
+# --------------------------------------------------------------------------- configuration
+
+@dataclass(frozen=True)
+class LinearSpec:
+    """A linear model's configuration: its basis and the ridge prior precision λ (Σ₀ = λ⁻¹ I)."""
+
+    basis: object
+    prior_precision: float = DEFAULT_PRIOR_PRECISION
+
+    def __post_init__(self):
+        if not isinstance(self.basis, tuple(BACKENDS.values())):
+            raise ConfigurationError(f"a linear model's basis must be a SnapBasis or a FeatureBasis, "
+                                     f"got {type(self.basis).__name__}")
+        object.__setattr__(self, "prior_precision", _check_prior_precision(self.prior_precision))
+
+    def record_fields(self) -> dict:
+        """``descriptor`` and ``kernel`` of the design record (species are added by the model)."""
+        return {"descriptor": {"backend": backend_of(self.basis), **self.basis.to_dict()},
+                "kernel": {"type": "linear", "prior_precision": float(self.prior_precision)}}
+
+    @classmethod
+    def from_record_fields(cls, descriptor: Mapping, kernel: Mapping) -> LinearSpec:
+        """Inverse of :meth:`record_fields` (a record's ``species`` entry is ignored: the pool gives them)."""
+        check_keys(kernel, ("type", "prior_precision"), "linear kernel")
+        basis, _ = basis_from_descriptor(descriptor)
+        return cls(basis, kernel.get("prior_precision", DEFAULT_PRIOR_PRECISION))
+
+
+#: FitSNAP ``[BISPECTRUM]`` keys that name the elements or are FitSNAP bookkeeping, not hypers.
+_FITSNAP_LAYOUT_KEYS = ("numtypes", "type")
+
+
+def read_fitsnap_bispectrum(path) -> SnapBasis:
+    """The ``[BISPECTRUM]`` section of a FitSNAP input file as a :class:`SnapBasis`.
+
+    ``type`` lists the elements; per-element ``radelem``/``wj`` (and ``sinner``/``dinner``) are
+    given in that order, as FitSNAP reads them. Keys mlipdoe does not model are refused by name.
+    """
+    import configparser
+
+    parser = configparser.ConfigParser(inline_comment_prefixes=("#",))
+    try:
+        with open(path, encoding="utf-8") as fh:
+            parser.read_file(fh)
+    except OSError as exc:
+        raise InputError(f"cannot read FitSNAP input {path}: {exc.strerror}") from None
+    except configparser.Error as exc:
+        raise InputError(f"FitSNAP input {path} is not an ini file: {str(exc).splitlines()[0]}") from None
+    if not parser.has_section("BISPECTRUM"):
+        raise InputError(f"FitSNAP input {path} has no [BISPECTRUM] section")
+    section = {k.lower(): v.split() for k, v in parser.items("BISPECTRUM")}
+    types = section.get("type")
+    fields = set(SnapBasis.__dataclass_fields__)
+    unknown = sorted(set(section) - fields - set(_FITSNAP_LAYOUT_KEYS))
+    if unknown:
+        raise ConfigurationError(f"FitSNAP [BISPECTRUM] key{'s' if len(unknown) > 1 else ''} "
+                                 f"{', '.join(unknown)} not supported by mlipdoe's SNAP model")
+    values: dict = {}
+    for key, words in section.items():
+        if key in _FITSNAP_LAYOUT_KEYS:
+            continue
+        if key in ("radelem", "wj", "sinner", "dinner") and len(words) > 1:
+            if types is None or len(types) != len(words):
+                raise ConfigurationError(f"FitSNAP {key} lists {len(words)} values: give 'type' with as many "
+                                         "elements")
+            values[key] = {t: float(w) for t, w in zip(types, words)}
+            continue
+        if len(words) != 1:
+            raise ConfigurationError(f"FitSNAP {key} must be one value, got {' '.join(words)}")
+        word = words[0]
+        kind = SnapBasis.__dataclass_fields__[key].type
+        try:
+            values[key] = int(word) if "int" in str(kind) and "float" not in str(kind) else \
+                (bool(int(word)) if "bool" in str(kind) else float(word))
+        except ValueError:
+            raise ConfigurationError(f"FitSNAP {key}={word} is not a number") from None
+    return SnapBasis(**values).validate()
