@@ -215,6 +215,25 @@ class PoolInformation:
         self.factors, self.observations = factors, tuple(observations)
         self.pool_force_moment = None if moment is None else moment / self.n_frames
 
+    def compute_pool_rows(self, frames: Sequence[Atoms], *, observations: Sequence[str], config_types=None,
+                          progress=None, stage: str = "rows") -> None:
+        """Every pool frame's observation rows, computed once: sets ``psi`` and ``energy_variance``
+        from each frame's energy row and its variance, and the factors and force moment
+        (:meth:`set_pool_rows`). ``psi`` must already have the pool's shape (N × M)."""
+        from ..progress import NULL_PROGRESS
+
+        psi = np.zeros_like(self.psi)
+        energy_var = np.zeros(len(frames))
+        with (progress or NULL_PROGRESS).stage(stage, len(frames)) as advance:
+            def stream():
+                for index, rows in self.iter_observation_rows(frames, config_types=config_types, progress=advance):
+                    psi[index] = rows.psi[0]
+                    energy_var[index] = rows.variance[0]
+                    yield index, rows
+
+            self.set_pool_rows(stream(), observations=observations)
+        self.psi, self.energy_variance = psi, energy_var
+
     def force_variance_rows(self, frames: Sequence[Atoms]) -> list[np.ndarray]:
         """Per target frame t a factor B_t (k_t × M) with B_tᵀB_t = Ψ_F,tᵀ Ψ_F,t / (3 n_t).
 

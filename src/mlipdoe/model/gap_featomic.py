@@ -157,13 +157,14 @@ class DescriptorSource:
             self._spill_dir = None
 
 
-def check_species(frames: Sequence[Atoms], species, *, what: str = "frame") -> None:
-    """Refuse frames with a species that has no sparse points (its rows would be 0)."""
+def check_species(frames: Sequence[Atoms], species, *, what: str = "frame", covered_by: str = "the sparse points"
+                  ) -> None:
+    """Refuse frames with a species the model does not cover (its rows would be 0)."""
     covered = {int(z) for z in species}
     for k, atoms in enumerate(frames):
         extra = set(np.unique(atoms.numbers).tolist()) - covered
         if extra:
-            raise InputError(f"{what} {k} contains species {sorted(extra)} not covered by the sparse points "
+            raise InputError(f"{what} {k} contains species {sorted(extra)} not covered by {covered_by} "
                              f"(species {sorted(covered)})")
 
 

@@ -862,18 +862,8 @@ def build_gap_model(
                     phi[f] = frame_rows(inst, sparse, kernels, len(frames[f]))[0]
             model.psi = whiten(L, phi)
         else:
-            psi = np.zeros((len(frames), sparse.n_points))
-            energy_var = np.zeros(len(frames))
-
-            def stream():
-                for index, rows in model.iter_observation_rows(frames, config_types=config_types, progress=advance):
-                    psi[index] = rows.psi[0]
-                    energy_var[index] = rows.variance[0]
-                    yield index, rows
-
-            with progress.stage("force rows (quippy)", len(frames)) as advance:
-                model.set_pool_rows(stream(), observations=observations)
-            model.psi, model.energy_variance = psi, energy_var
+            model.compute_pool_rows(frames, observations=observations, config_types=config_types, progress=progress,
+                                    stage="force rows (quippy)")
         timings["rows"] = time.perf_counter() - t3
     model.shared_pool = None
     return model

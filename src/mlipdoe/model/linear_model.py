@@ -44,8 +44,11 @@ from ..exceptions import ConfigurationError, InputError
 from ..hypers import Noise, check_keys, check_observations
 from ..progress import NULL_PROGRESS, Progress
 from .base import PoolInformation
-from .gap_featomic import observation_block
+from .gap_featomic import check_species, observation_block
 from .linear import SnapBasis, snap_rows
+
+#: What a linear model's species check names: one coefficient block per species of the pool.
+COVERED_BY = "the model's coefficient blocks (one per species of the pool)"
 
 #: λ of the ridge prior β ~ N(0, λ⁻¹ I), in eV⁻² per unit feature² (see the module docstring).
 DEFAULT_PRIOR_PRECISION = 1.0
@@ -257,15 +260,6 @@ class LinearColumns:
 
 # --------------------------------------------------------------------------- the model
 
-def _check_species(frames: Sequence[Atoms], species, *, what: str = "frame") -> None:
-    covered = {int(z) for z in species}
-    for k, atoms in enumerate(frames):
-        extra = set(np.unique(atoms.numbers).tolist()) - covered
-        if extra:
-            raise InputError(f"{what} {k} contains species {sorted(extra)} outside the model's species "
-                             f"{sorted(covered)} (one coefficient block per species of the pool)")
-
-
 def _check_prior_precision(value) -> float:
     try:
         lam = float(value)
@@ -361,7 +355,7 @@ class LinearModel(PoolInformation):
     def _raw_rows(self, frames: Sequence[Atoms], *, forces: bool = False, virials: bool = False,
                   what: str = "frame") -> Iterator[tuple]:
         """``(energy (M,), forces (3n, M) or None, virials (6, M) or None)`` raw rows per frame, in order."""
-        _check_species(frames, self.species, what=what)
+        check_species(frames, self.species, what=what, covered_by=COVERED_BY)
         if isinstance(self.basis, FeatureBasis):
             if forces or virials:
                 raise ConfigurationError(FEATURE_OBSERVATIONS_MESSAGE)
@@ -402,7 +396,7 @@ class LinearModel(PoolInformation):
                                      "per-element sums of compute sna/atom, not each atom's bispectrum): local "
                                      "energies and per-atom grades need a feature model")
         frames = list(frames)
-        _check_species(frames, self.species)
+        check_species(frames, self.species, covered_by=COVERED_BY)
         return [self.whiten(self.basis.frame_rows(a, self.species, k, local=True)) for k, a in enumerate(frames)]
 
     def iter_observation_rows(self, frames: Sequence[Atoms], *, observations: Sequence[str] | None = None,
@@ -506,18 +500,8 @@ def build_linear_model(
         model.psi = model.whiten(phi)
         model.timings["rows"] = time.perf_counter() - t0
         return model
-    psi = np.zeros((len(frames), M))
-    energy_var = np.zeros(len(frames))
-
-    def stream():
-        for index, rows in model.iter_observation_rows(frames, config_types=config_types, progress=advance):
-            psi[index] = rows.psi[0]
-            energy_var[index] = rows.variance[0]
-            yield index, rows
-
-    with progress.stage(name + ", with forces" if "forces" in observations else name, len(frames)) as advance:
-        model.set_pool_rows(stream(), observations=observations)
-    model.psi, model.energy_variance = psi, energy_var
+    model.compute_pool_rows(frames, observations=observations, config_types=config_types, progress=progress,
+                            stage=name + ", with forces" if "forces" in observations else name)
     model.timings["force_rows"] = time.perf_counter() - t0
     return model
 
