@@ -47,7 +47,7 @@ from ..hypers import Noise, check_observations
 from ..progress import NULL_PROGRESS, Progress
 from .base import PoolInformation
 from .gap_featomic import check_species, observation_block
-from .kernels import DUPLICATE_TOL
+from .kernels import DUPLICATE_TOL, leverage_projection
 from .rows import _VOIGT_PAIRS, _single_blas_thread, whiten
 
 #: Frames per task sent to a worker process.
@@ -311,13 +311,11 @@ def choose_instances(X: np.ndarray, n: int, method: str, rng: np.random.Generato
         for g, p in zip(grid, pos):
             cand = [sorted_idx[max(p - 1, 0)], sorted_idx[p]]
             near.append(min(cand, key=lambda i: (abs(x[i] - g), i)))
-        rest = [i for i in sorted_idx if i not in set(near)]
-        order = np.array(list(dict.fromkeys(near)) + rest, dtype=np.int64)
+        first = list(dict.fromkeys(int(i) for i in near))
+        taken = set(first)
+        order = np.array(first + [int(i) for i in sorted_idx if int(i) not in taken], dtype=np.int64)
     elif method == "cur_points":
-        _, s, vt = np.linalg.svd(X, full_matrices=False)
-        rank = int(np.sum(s > s[0] * 1e-12)) if len(s) and s[0] > 0 else 0
-        k = max(1, min(n, rank))
-        lev = np.sum((X @ vt[:k].T) ** 2 / s[:k] ** 2, axis=1)
+        lev = np.sum((X @ leverage_projection(X.T @ X, n)) ** 2, axis=1)
         u = rng.random(N)
         with np.errstate(divide="ignore"):
             keys = np.where(lev > 0, np.log(u) / np.maximum(lev, 1e-300), -np.inf)
@@ -327,7 +325,7 @@ def choose_instances(X: np.ndarray, n: int, method: str, rng: np.random.Generato
     return _distinct(X, order, n)
 
 
-def _counts_by_config_type(descriptor, frame_types: np.ndarray) -> dict:
+def _counts_by_config_type(descriptor) -> dict:
     """``{config_type or None: n}``: the descriptor's n_sparse, or its config_type_n_sparse."""
     table = dict(descriptor.config_type_n_sparse or {})
     if not table:
@@ -351,7 +349,7 @@ def choose_sparse(descriptors, tables, species, *, seed: int, config_types=None)
             raise InputError(f"no instance of descriptor '{label}' in the pool: cannot choose its sparse points "
                              "(remove it, or add frames where it applies)")
         chosen: list[int] = []
-        for ct, n in _counts_by_config_type(desc, None).items():
+        for ct, n in _counts_by_config_type(desc).items():
             if ct is None:
                 subset = np.arange(len(X))
             else:

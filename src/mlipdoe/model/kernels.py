@@ -196,6 +196,21 @@ def _drop_duplicates(vectors: np.ndarray, locations: np.ndarray, order: np.ndarr
     return np.array(keep, dtype=np.int64), dropped
 
 
+def leverage_projection(gram: np.ndarray, n: int) -> np.ndarray:
+    """P (D × k) with ℓ(x) = |xᵀP|² the statistical leverage of x among the rows X with XᵀX = ``gram``.
+
+    Top-k eigenpairs of the Gram matrix, k = min(n, rank) (rank: eigenvalues above 1e-12 of the
+    largest); ℓ(x) = Σ_j (x·v_j)² / s_j² (Mahoney & Drineas 2009).
+    """
+    evals, evecs = np.linalg.eigh(gram)
+    evals, evecs = evals[::-1], evecs[:, ::-1]
+    if not evals[0] > 0:
+        return np.zeros((gram.shape[0], 1))
+    rank = int(np.sum(evals > evals[0] * 1e-12))
+    k = max(1, min(int(n), rank))
+    return evecs[:, :k] / np.sqrt(evals[:k])
+
+
 def cur_sparse_points(source: ChunkSource, species, n_sparse, *, seed: int = 0) -> SparsePoints:
     """Leverage-score CUR over *all* pool environments, streamed in two passes.
 
@@ -214,13 +229,7 @@ def cur_sparse_points(source: ChunkSource, species, n_sparse, *, seed: int = 0) 
             g = block.values.T @ block.values
             grams[z] = grams[z] + g if z in grams else g
     _check_species_present(species, grams)
-    projections = {}
-    for z in species:
-        evals, evecs = np.linalg.eigh(grams[z])
-        evals, evecs = evals[::-1], evecs[:, ::-1]
-        rank = int(np.sum(evals > evals[0] * 1e-12))
-        k = max(1, min(counts[z], rank))
-        projections[z] = evecs[:, :k] / np.sqrt(evals[:k])
+    projections = {z: leverage_projection(grams[z], counts[z]) for z in species}
     rngs = {z: np.random.default_rng([seed, z]) for z in species}
     best = {z: (np.empty(0), np.empty((0, grams[z].shape[0])), np.empty((0, 2), dtype=np.int64)) for z in species}
     for first, desc in source():
