@@ -40,6 +40,8 @@ def test_snap_design_record_and_verify(pools, tmp_path):
     assert check.returncode == 0 and "OK" in check.stdout, check.stdout + check.stderr
     assess = run_cli("assess", "--record", tmp_path / "d.json", "-q")
     assert assess.returncode == 0, assess.stderr
+    grade = run_cli("grade", pools / "pool.xyz", "--record", tmp_path / "d.json")  # per-atom SNAP rows
+    assert grade.returncode == 0 and "γ" in grade.stdout, grade.stderr
 
 
 def test_fitsnap_input(pools, tmp_path):

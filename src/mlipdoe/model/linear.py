@@ -651,6 +651,40 @@ class SnapEngine:
         return SnapRows(energy, f_rows, v_rows)
 
 
+    def local_rows(self, atoms: Atoms) -> np.ndarray:
+        """Per-atom design rows (n, K): atom i's bispectrum (``compute sna/atom``) in its element's
+        block, and 1 in that block's constant column; they sum to the frame's energy row."""
+        n = len(atoms)
+        if n == 0:
+            raise InputError("frame has no atoms")
+        types = self._types(atoms)
+        frame = lammps_frame(atoms)
+        if self._lmp is None:
+            self._open()
+        try:
+            self._load(frame, types, snap=False)
+            ptr = self._lmp.extract_compute(self._SNA, self._lammps.LMP_STYLE_ATOM, self._lammps.LMP_TYPE_ARRAY)
+            per_atom = np.array(np.ctypeslib.as_array(ptr[0], shape=(n, self._n_b)))
+            ids = np.array(np.ctypeslib.as_array(self._lmp.extract_atom("id"), shape=(n,)))
+        except InputError:
+            raise
+        except Exception as exc:  # LAMMPS raises plain Exception; the instance may be unusable
+            self.close()
+            raise InputError(f"LAMMPS failed on the frame: {exc}") from None
+        if np.any(ids[1:] < ids[:-1]):  # local order is not the atom order
+            per_atom = per_atom[np.argsort(ids)]
+        T, nb = len(self.species), self._n_b
+        blocks = np.zeros((n, nb * T))
+        for t in range(1, T + 1):
+            mine = types == t
+            blocks[mine, (t - 1) * nb : t * nb] = per_atom[mine]
+        out = np.zeros((n, self.n_features))
+        out[:, self._bcols] = blocks
+        if self._ccols is not None:
+            out[np.arange(n), np.asarray(self._ccols)[types - 1]] = 1.0
+        return out
+
+
 def snap_rows(frames: Iterable[Atoms], basis: SnapBasis, *, species: Sequence, forces: bool = True,
               virials: bool = False) -> Iterator[SnapRows]:
     """SNAP design rows of every frame, streamed, through one LAMMPS instance.

@@ -383,20 +383,17 @@ class LinearModel(PoolInformation):
     def local_rows(self, frames: Sequence[Atoms], *, chunk_size: int | None = None) -> list[np.ndarray]:
         """Whitened per-atom rows (n_atoms, M) per frame; they sum to the energy row.
 
-        Feature models: ``[1, x_i] / √λ`` in atom i's element block. ``chunk_size`` is ignored.
-
-        Raises
-        ------
-        ConfigurationError
-            For SNAP: :mod:`mlipdoe.model.linear` yields frame sums of ``compute sna/atom``
-            only, not the per-atom bispectra.
+        Feature models: ``[1, x_i] / √λ`` in atom i's element block; SNAP: atom i's bispectrum
+        (``compute sna/atom``) and its count column, :meth:`~mlipdoe.model.linear.SnapEngine.local_rows`.
+        ``chunk_size`` is ignored.
         """
-        if not isinstance(self.basis, FeatureBasis):
-            raise ConfigurationError("per-atom SNAP rows are not available (mlipdoe.model.linear gives the "
-                                     "per-element sums of compute sna/atom, not each atom's bispectrum): local "
-                                     "energies and per-atom grades need a feature model")
         frames = list(frames)
         check_species(frames, self.species, covered_by=COVERED_BY)
+        if not isinstance(self.basis, FeatureBasis):
+            from .linear import SnapEngine
+
+            with SnapEngine(self.basis, self.species) as engine:
+                return [self.whiten(engine.local_rows(a)) for a in frames]
         return [self.whiten(self.basis.frame_rows(a, self.species, k, local=True)) for k, a in enumerate(frames)]
 
     def iter_observation_rows(self, frames: Sequence[Atoms], *, observations: Sequence[str] | None = None,
