@@ -475,8 +475,9 @@ def test_snap_model_rows_and_refusals(zr_labelled):
     rebuilt, species = basis_from_descriptor(fields["descriptor"])
     assert rebuilt == basis and species == (40,)
     assert model.soap.species == (40,)
-    with pytest.raises(ConfigurationError, match="per-atom SNAP rows are not available"):
-        model.local_rows(frames[:1])
+    local = model.local_rows(frames[:2])  # per-atom bispectra: they sum to the energy rows
+    np.testing.assert_allclose(np.array([r.sum(axis=0) for r in local]), model.rows_for(frames[:2]),
+                               rtol=1e-10, atol=1e-10 * np.abs(model.psi).max())
     cu = generate_strained("Cu", structure="fcc", n_frames=1, supercell=(2, 2, 2))
     with pytest.raises(InputError, match=r"frame 0 contains species \[29\] not covered by the model's coefficient blocks.*\[40\]"):
         model.rows_for(cu)
