@@ -72,7 +72,9 @@ def test_features_design(pools, tmp_path):
     (("--snap-twojmax", "4"), "pool.xyz", "--snap-twojmax"),
     (("--prior-precision", "2"), "pool.xyz", "--prior-precision"),
     (("--model", "snap", "--zeta", "3"), "pool.xyz", "--zeta"),
-    (("--model", "ace"), "pool.xyz", "--model must be gap or snap"),
+    (("--model", "mace"), "pool.xyz", "--model must be gap, snap or ace"),
+    (("--ace-functions", "5"), "pool.xyz", "--ace-functions"),
+    (("--model", "snap", "--ace-basis", "x.yaml"), "pool.xyz", "describes an ACE model"),
 ])
 def test_bad_linear_options_exit_2(pools, tmp_path, args, pool, message):
     proc = _select(pools, tmp_path, *args, pool=pool)
@@ -86,3 +88,17 @@ def test_fitsnap_unknown_key_exit_2(pools, tmp_path):
     (tmp_path / "fitsnap.in").write_text("[BISPECTRUM]\ntwojmax = 2\nbikflag = 1\n")
     proc = _select(pools, tmp_path, "--fitsnap-input", tmp_path / "fitsnap.in")
     assert proc.returncode == 2 and "bikflag" in proc.stderr, proc.stderr
+
+
+def test_ace_design_record_and_verify(pools, tmp_path):
+    pytest.importorskip("pyace")
+    proc = _select(pools, tmp_path, "--model", "ace", "--ace-functions", "12", "--observe", "energy,forces")
+    assert proc.returncode == 0, proc.stderr
+    rec = json.loads((tmp_path / "d.json").read_text())
+    assert rec["descriptor"]["backend"] == "pyace" and rec["descriptor"]["number_of_functions_per_element"] == 12
+    check = run_cli("verify", "--record", tmp_path / "d.json")
+    assert check.returncode == 0 and "OK" in check.stdout, check.stdout + check.stderr
+    grade = run_cli("grade", pools / "pool.xyz", "--record", tmp_path / "d.json")
+    assert grade.returncode == 0, grade.stderr
+    virials = _select(pools, tmp_path, "--model", "ace", "--observe", "energy,virials")
+    assert virials.returncode == 2 and "virial" in virials.stderr, virials.stderr

@@ -251,7 +251,7 @@ def test_feature_refusals(cuni):
         FeatureBasis.from_dict({"count_column": True})
     with pytest.raises(ConfigurationError, match="dimension must be an integer >= 1"):
         FeatureBasis(KEY, dimension=0).validate()
-    with pytest.raises(ConfigurationError, match="SnapBasis or a FeatureBasis"):
+    with pytest.raises(ConfigurationError, match="SnapBasis, an AceBasis or a FeatureBasis"):
         build_linear_model(frames, {"key": KEY})
     with pytest.raises(ConfigurationError, match="backend must be one of lammps-snap, features"):
         basis_from_descriptor({"backend": "featomic"})
@@ -488,5 +488,5 @@ def test_snap_model_rows_and_refusals(zr_labelled):
     # energy rows of other frames equal the pool's own rows
     np.testing.assert_allclose(model.rows_for(frames[:3]), model.psi[:3], rtol=1e-14)
     # columns of the model: one block, the record's empty sparse-point list
-    assert model.sparse == LinearColumns((40,), basis.n_block([40]))
+    assert model.sparse == LinearColumns((40,), (basis.n_block([40]),))
     assert dataclasses.replace(model).sparse_method == "none"

@@ -161,7 +161,7 @@ def test_posterior_mean_equals_regularised_least_squares():
     beta = posterior_mean(blocks, labels, M)
     # independent: minimise Σ (y − ψβ)²/λ + |β|² as a stacked least-squares problem
     A = np.vstack([b.psi / np.sqrt(b.variance)[:, None] for b in blocks] + [np.eye(M)])
-    y = np.concatenate([l / np.sqrt(b.variance) for b, l in zip(blocks, labels)] + [np.zeros(M)])
+    y = np.concatenate([lab / np.sqrt(b.variance) for b, lab in zip(blocks, labels)] + [np.zeros(M)])
     ref = scipy.linalg.lstsq(A, y)[0]
     np.testing.assert_allclose(beta, ref, rtol=1e-10, atol=1e-12)
     with pytest.raises(InputError, match="labels have shape"):

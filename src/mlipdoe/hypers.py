@@ -92,6 +92,8 @@ def check_keys(data: Mapping, allowed, what: str) -> None:
 
 
 OBSERVABLES = ("energy", "forces", "virials")
+#: Design-record descriptor backends of linear models (:mod:`mlipdoe.model.linear_model`).
+LINEAR_BACKENDS = ("lammps-snap", "features", "pyace")
 SPARSE_METHODS = ("cur", "fps")
 
 
@@ -208,7 +210,7 @@ class ModelConfig:
             check_keys(descriptor, ("backend", "gap_fit"), "gap_fit descriptor")
             return cls(gap=GapFitSpec.from_dict(descriptor.get("gap_fit", {})),
                        observations=tuple(data.get("observations", ("energy",))), seed=int(data.get("seed", 0)))
-        if isinstance(descriptor, Mapping) and descriptor.get("backend") in ("lammps-snap", "features"):
+        if isinstance(descriptor, Mapping) and descriptor.get("backend") in LINEAR_BACKENDS:
             from .model.linear_model import LinearSpec
 
             return cls(linear=LinearSpec.from_record_fields(descriptor, data.get("kernel", {})),

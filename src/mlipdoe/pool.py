@@ -447,8 +447,8 @@ def _first_contact_batched(frames: list[Atoms], periodic: bool, min_distance: fl
                            max_bytes: float = 5e7):
     """(position in ``frames``, atom i, atom j, distance) of the first close pair, or None."""
     n = len(frames[0])
-    I, J = np.triu_indices(n, 1)
-    per_frame = len(I) * 3 * 8 * 3
+    first, second = np.triu_indices(n, 1)
+    per_frame = len(first) * 3 * 8 * 3
     step = max(1, int(max_bytes // max(per_frame, 1)))
     for start in range(0, len(frames), step):
         part = frames[start : start + step]
@@ -456,17 +456,17 @@ def _first_contact_batched(frames: list[Atoms], periodic: bool, min_distance: fl
         if periodic:
             cell = np.stack([a.cell.array for a in part])  # (F, 3, 3), rows = lattice vectors
             frac = np.einsum("fni,fij->fnj", pos, np.linalg.inv(cell))
-            df = frac[:, J] - frac[:, I]
+            df = frac[:, second] - frac[:, first]
             df -= np.round(df)
             diff = np.einsum("fpi,fij->fpj", df, cell)
         else:
-            diff = pos[:, J] - pos[:, I]
+            diff = pos[:, second] - pos[:, first]
         d2 = np.einsum("fpi,fpi->fp", diff, diff)
         close = d2 < min_distance**2
         if close.any():
             f = int(np.flatnonzero(close.any(axis=1))[0])
             p = int(np.argmin(d2[f]))
-            return start + f, int(I[p]), int(J[p]), float(np.sqrt(d2[f, p]))
+            return start + f, int(first[p]), int(second[p]), float(np.sqrt(d2[f, p]))
     return None
 
 

