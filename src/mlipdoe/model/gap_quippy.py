@@ -247,13 +247,16 @@ class GapSparse:
     def n_points(self) -> int:
         return int(sum(len(v) for v in self.vectors))
 
+    def column_slices(self) -> list[slice]:
+        """Column slice of each expanded descriptor, in order, in the global M ordering."""
+        stops = np.cumsum([0, *(len(v) for v in self.vectors)])
+        return [slice(int(a), int(b)) for a, b in zip(stops[:-1], stops[1:])]
+
     def slices(self) -> dict:
-        """Column slice of each expanded descriptor (by label) in the global M ordering."""
-        out, start = {}, 0
-        for label, v in zip(self.labels, self.vectors):
-            out[label] = slice(start, start + len(v))
-            start += len(v)
-        return out
+        """``{label: slice}`` of each expanded descriptor (a label repeated gets `` [k]``)."""
+        seen = {label: self.labels.count(label) for label in self.labels}
+        return {(label if seen[label] == 1 else f"{label} [{k}]"): sl
+                for k, (label, sl) in enumerate(zip(self.labels, self.column_slices()))}
 
     def location_list(self) -> list[list[int]]:
         """``[descriptor, frame, instance]`` of every point (the design record's ``sparse_points``)."""
@@ -396,7 +399,7 @@ def frame_rows(instances: Sequence[Instances], sparse: GapSparse, kernels: Seque
     force = np.zeros((3 * n_atoms, M)) if forces else None
     strain = np.zeros((3, 3, M)) if virials else None
     local_rows = np.zeros((n_atoms, M)) if local else None
-    for inst, kernel, Z, s, sl in zip(instances, kernels, sparse.vectors, sparse.cutoffs, sparse.slices().values()):
+    for inst, kernel, Z, s, sl in zip(instances, kernels, sparse.vectors, sparse.cutoffs, sparse.column_slices()):
         if len(inst) == 0 or len(Z) == 0:
             continue
         K = kernel(inst.data, Z)  # (n, M_d)
