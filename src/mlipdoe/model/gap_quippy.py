@@ -52,6 +52,8 @@ from .rows import _VOIGT_PAIRS, _single_blas_thread, whiten
 
 #: Frames per task sent to a worker process.
 CHUNK_FRAMES = 8
+#: Chunks submitted ahead per worker process.
+IN_FLIGHT_PER_WORKER = 4
 #: Below this many frames the rows are computed in this process.
 MIN_FRAMES_FOR_WORKERS = 64
 #: Per-frame noise keys gap_fit reads from ``atoms.info`` (absolute sigmas) / ``atoms.arrays``.
@@ -549,13 +551,27 @@ class QuippyPool:
         if self._executor is None:
             results = (task(list(frames[s : s + CHUNK_FRAMES]), *args) for s in starts)
         else:
-            futures = [self._executor.submit(task, list(frames[s : s + CHUNK_FRAMES]), *args) for s in starts]
-            results = (f.result() for f in futures)
+            results = self._bounded(task, frames, starts, args)
         for start, res in zip(starts, results):
             if progress is not None:
                 chunk = frames[start : start + CHUNK_FRAMES]
                 progress(len(chunk), sum(len(a) for a in chunk))
             yield start, res
+
+
+    def _bounded(self, task, frames, starts, args):
+        """Results in order, with at most ``IN_FLIGHT_PER_WORKER`` chunks per worker submitted ahead
+        (bounded memory when the consumer is slower than the workers)."""
+        from collections import deque
+
+        pending: deque = deque()
+        ahead = max(1, IN_FLIGHT_PER_WORKER * self.workers)
+        for start in starts:
+            pending.append(self._executor.submit(task, list(frames[start : start + CHUNK_FRAMES]), *args))
+            if len(pending) >= ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def default_workers() -> int:
