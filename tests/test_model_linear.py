@@ -353,7 +353,7 @@ def test_local_rows_sum_to_energy_rows(case, engines):
     np.testing.assert_allclose(local.sum(axis=0), energy, rtol=1e-12, atol=1e-12 * np.abs(energy).max())
     # each atom's row lives in its own element's block only
     blocks = basis.n_block(species)
-    z_sorted = sorted(linear._species_numbers(species))
+    z_sorted = sorted(linear.species_numbers(species))
     for i, z in enumerate(atoms.numbers):
         t = z_sorted.index(int(z))
         outside = np.delete(local[i], np.s_[t * blocks : (t + 1) * blocks])

@@ -79,6 +79,7 @@ from ase.data import atomic_numbers, chemical_symbols
 
 from ..exceptions import ConfigurationError, InputError
 from ..hypers import check_keys
+from .linear import species_numbers
 
 #: What to install for :func:`load_pyace`.
 ACE_INSTALL_HINT = "install mlipdoe[ace] (the python-ace wheel)"
@@ -129,24 +130,6 @@ def load_pyace():
 
 
 # --------------------------------------------------------------------------- hypers
-
-def _species_numbers(species: Iterable) -> tuple[int, ...]:
-    """Atomic numbers from symbols or numbers, unique, in increasing order."""
-    out = set()
-    for s in species:
-        if isinstance(s, str) and not s.strip().isdigit():
-            if s not in atomic_numbers:
-                raise InputError(f"unknown element {s!r}")
-            out.add(atomic_numbers[s])
-        else:
-            z = int(s)
-            if not 0 < z < len(chemical_symbols):
-                raise InputError(f"unknown atomic number {z}")
-            out.add(z)
-    if not out:
-        raise InputError("no species given")
-    return tuple(sorted(out))
-
 
 def _int_tuple(name: str, value, minimum: int) -> tuple[int, ...]:
     try:
@@ -228,7 +211,7 @@ class AceBasis:
     def __post_init__(self):
         if self.elements is not None and not isinstance(self.elements, str):
             try:
-                numbers = _species_numbers(self.elements)
+                numbers = species_numbers(self.elements)
             except InputError as exc:
                 raise ConfigurationError(f"ACE elements: {exc}") from None
             object.__setattr__(self, "elements", tuple(chemical_symbols[z] for z in numbers))
@@ -311,7 +294,7 @@ class AceBasis:
             return self if self.sha256 is not None else replace(self, sha256=file_sha256(self.path))
         if self.elements is not None:
             return self
-        return replace(self, elements=tuple(chemical_symbols[z] for z in _species_numbers(species)))
+        return replace(self, elements=tuple(chemical_symbols[z] for z in species_numbers(species)))
 
     # -- the pyace basis ----------------------------------------------------------
     def potential_config(self, species: Sequence | None = None) -> dict:
@@ -323,7 +306,7 @@ class AceBasis:
         if elements is None:
             if species is None:
                 raise ConfigurationError("the ACE elements are not known yet: give elements or the model's species")
-            elements = tuple(chemical_symbols[z] for z in _species_numbers(species))
+            elements = tuple(chemical_symbols[z] for z in species_numbers(species))
         functions = {"ALL": {"nradmax_by_orders": list(self.nradmax_by_orders),
                              "lmax_by_orders": list(self.lmax_by_orders)}}
         if self.number_of_functions_per_element is not None:
@@ -544,7 +527,7 @@ _CACHE: dict = {}
 
 
 def _cached(basis: AceBasis, species: Sequence) -> _Loaded:
-    numbers = _species_numbers(species)
+    numbers = species_numbers(species)
     resolved = basis.resolve(numbers)
     if resolved.from_file:
         _check_file(resolved)
@@ -611,7 +594,7 @@ class AceEngine:
     """
 
     def __init__(self, basis: AceBasis, species: Sequence):
-        self.species = _species_numbers(species)
+        self.species = species_numbers(species)
         self.basis = basis.resolve(self.species)
         pyace = load_pyace()
         loaded = _cached(self.basis, self.species)

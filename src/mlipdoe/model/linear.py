@@ -149,7 +149,7 @@ _PER_ELEMENT = ("radelem", "wj", "sinner", "dinner")
 _FLAGS = ("chemflag", "bnormflag", "wselfallflag", "bzeroflag", "quadraticflag", "switchflag", "switchinnerflag")
 
 
-def _species_numbers(species: Iterable) -> tuple[int, ...]:
+def species_numbers(species: Iterable) -> tuple[int, ...]:
     """Atomic numbers from symbols or numbers, unique, in increasing order."""
     out = set()
     for s in species:
@@ -174,7 +174,7 @@ def _per_element_value(name: str, value):
         items = dict(value).items()
         pairs = {}
         for key, v in items:
-            z = _species_numbers([key])[0]
+            z = species_numbers([key])[0]
             pairs[chemical_symbols[z]] = float(v)
         return tuple(sorted(pairs.items(), key=lambda kv: atomic_numbers[kv[0]]))
     try:
@@ -275,7 +275,7 @@ class SnapBasis:
     def per_element(self, name: str, species: Sequence) -> list[float]:
         """``name``'s value for each of ``species`` (in increasing atomic number)."""
         value = getattr(self, name)
-        numbers = _species_numbers(species)
+        numbers = species_numbers(species)
         if isinstance(value, float):
             return [value] * len(numbers)
         table = dict(value)
@@ -293,7 +293,7 @@ class SnapBasis:
         """Bispectrum columns per element block, as ``compute snap`` lists them (no constant)."""
         n_lin = len(bispectrum_indices(int(self.twojmax)))
         if self.chemflag:
-            n_lin *= len(_species_numbers(species)) ** 3
+            n_lin *= len(species_numbers(species)) ** 3
         return n_lin + (n_lin * (n_lin + 1) // 2 if self.quadraticflag else 0)
 
     def n_block(self, species: Sequence) -> int:
@@ -302,7 +302,7 @@ class SnapBasis:
 
     def n_features(self, species: Sequence) -> int:
         """Length K of every design row for these species."""
-        return len(_species_numbers(species)) * self.n_block(species)
+        return len(species_numbers(species)) * self.n_block(species)
 
     def feature_labels(self, species: Sequence) -> list[str]:
         """A name for each column: ``"Zr:1"``, ``"Zr:B(2j1,2j2,2j)"``, ``"Zr:B[ZrZrNi](…)"``, ``"Zr:B(…)*B(…)"``.
@@ -311,7 +311,7 @@ class SnapBasis:
         -------
         list of str, length :meth:`n_features`
         """
-        numbers = _species_numbers(species)
+        numbers = species_numbers(species)
         symbols = [chemical_symbols[z] for z in numbers]
         lin = [f"B({j1},{j2},{j})" for j1, j2, j in bispectrum_indices(int(self.twojmax))]
         if self.chemflag:
@@ -326,7 +326,7 @@ class SnapBasis:
     def compute_args(self, species: Sequence) -> str:
         """The arguments of ``compute snap`` / ``compute sna/atom`` for these species (LAMMPS types 1..T)."""
         self.validate()
-        numbers = _species_numbers(species)
+        numbers = species_numbers(species)
         radelem = " ".join(repr(v) for v in self.per_element("radelem", numbers))
         wj = " ".join(repr(v) for v in self.per_element("wj", numbers))
         args = [f"{float(self.rcutfac)!r} {float(self.rfac0)!r} {int(self.twojmax)} {radelem} {wj}",
@@ -478,7 +478,7 @@ class SnapEngine:
 
     def __init__(self, basis: SnapBasis, species: Sequence):
         self.basis = basis.validate()
-        self.species = _species_numbers(species)
+        self.species = species_numbers(species)
         self._args = basis.compute_args(self.species)
         self._cutoff = basis.cutoff(self.species)
         T = len(self.species)
@@ -598,36 +598,26 @@ class SnapEngine:
             ``energy`` (K,), ``forces`` (3n, K) or None, ``virials`` (6, K) or None.
         """
         n = len(atoms)
-        if n == 0:
-            raise InputError("frame has no atoms")
-        types = self._types(atoms)
-        frame = lammps_frame(atoms)
-        if self._lmp is None:
-            self._open()
         snap = forces or virials
-        try:
-            self._load(frame, types, snap=snap)
-            if snap:
+        if not snap:
+            types, per_atom, frame = self._per_atom(atoms)
+            if len(self.species) == 1:
+                bsum = per_atom.sum(axis=0)
+            else:
+                bsum = np.concatenate([per_atom[types == t].sum(axis=0) for t in range(1, len(self.species) + 1)])
+        else:
+            types, frame = self._prepare(atoms)
+            try:
+                self._load(frame, types, snap=True)
                 ptr = self._lmp.extract_compute(self._SNAP, self._lammps.LMP_STYLE_GLOBAL,
                                                 self._lammps.LMP_TYPE_ARRAY)
                 array = np.ctypeslib.as_array(ptr[0], shape=(7 + 3 * n, self._n_b * len(self.species) + 1))
                 bsum = array[0, :-1]
-            else:
-                ptr = self._lmp.extract_compute(self._SNA, self._lammps.LMP_STYLE_ATOM,
-                                                self._lammps.LMP_TYPE_ARRAY)
-                per_atom = np.ctypeslib.as_array(ptr[0], shape=(n, self._n_b))
-                ids = np.ctypeslib.as_array(self._lmp.extract_atom("id"), shape=(n,))
-                if np.any(ids[1:] < ids[:-1]):  # local order is not the atom order
-                    per_atom = per_atom[np.argsort(ids)]
-                if len(self.species) == 1:
-                    bsum = per_atom.sum(axis=0)
-                else:
-                    bsum = np.concatenate([per_atom[types == t].sum(axis=0) for t in range(1, len(self.species) + 1)])
-        except InputError:
-            raise
-        except Exception as exc:  # LAMMPS raises plain Exception; the instance may be unusable
-            self.close()
-            raise InputError(f"LAMMPS failed on the frame: {exc}") from None
+            except InputError:
+                raise
+            except Exception as exc:  # LAMMPS raises plain Exception; the instance may be unusable
+                self.close()
+                raise InputError(f"LAMMPS failed on the frame: {exc}") from None
         K = self.n_features
         energy = np.zeros(K)
         energy[self._bcols] = bsum
@@ -651,16 +641,20 @@ class SnapEngine:
         return SnapRows(energy, f_rows, v_rows)
 
 
-    def local_rows(self, atoms: Atoms) -> np.ndarray:
-        """Per-atom design rows (n, K): atom i's bispectrum (``compute sna/atom``) in its element's
-        block, and 1 in that block's constant column; they sum to the frame's energy row."""
-        n = len(atoms)
-        if n == 0:
+    def _prepare(self, atoms: Atoms):
+        """LAMMPS types and frame of ``atoms`` (the instance opened if needed)."""
+        if len(atoms) == 0:
             raise InputError("frame has no atoms")
         types = self._types(atoms)
         frame = lammps_frame(atoms)
         if self._lmp is None:
             self._open()
+        return types, frame
+
+    def _per_atom(self, atoms: Atoms):
+        """``(types, per-atom bispectra (n, n_b) in atom order, frame)`` from ``compute sna/atom`` (copied)."""
+        n = len(atoms)
+        types, frame = self._prepare(atoms)
         try:
             self._load(frame, types, snap=False)
             ptr = self._lmp.extract_compute(self._SNA, self._lammps.LMP_STYLE_ATOM, self._lammps.LMP_TYPE_ARRAY)
@@ -673,6 +667,13 @@ class SnapEngine:
             raise InputError(f"LAMMPS failed on the frame: {exc}") from None
         if np.any(ids[1:] < ids[:-1]):  # local order is not the atom order
             per_atom = per_atom[np.argsort(ids)]
+        return types, per_atom, frame
+
+    def local_rows(self, atoms: Atoms) -> np.ndarray:
+        """Per-atom design rows (n, K): atom i's bispectrum (``compute sna/atom``) in its element's
+        block, and 1 in that block's constant column; they sum to the frame's energy row."""
+        n = len(atoms)
+        types, per_atom, _ = self._per_atom(atoms)
         T, nb = len(self.species), self._n_b
         blocks = np.zeros((n, nb * T))
         for t in range(1, T + 1):
