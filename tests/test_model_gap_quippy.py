@@ -284,3 +284,16 @@ def test_config_type_n_sparse_chooses_within_each_config_type():
     assert sorted(types[f] for f in frames_of_points) == ["rattled"] * 3 + ["strain"] * 4
     again = build_gap_model(frames, spec, config_types=types, workers=1)
     assert np.array_equal(again.sparse.locations[0], model.sparse.locations[0])
+
+
+def test_isolated_e0_rule_is_noted_and_refused_by_the_builtin_fit():
+    from mlipdoe.exceptions import ConfigurationError
+    from mlipdoe.fit import gap_fit_e0, read_labels
+
+    spec = parse_gap_fit_args(ARGS.replace(" e0_method=average", ""))  # gap_fit's default: isolated
+    frames = eam_labelled(zr_example(4, seed=3))
+    model = build_gap_model(frames, spec, workers=1)
+    assert any("e0_method=isolated" in n for n in model.notes)
+    with pytest.raises(ConfigurationError, match="single-atom training frame"):
+        gap_fit_e0(spec, read_labels(frames))
+    assert gap_fit_e0(parse_gap_fit_args(ARGS.replace("e0_method=average", "e0=-6.5")), read_labels(frames)) == -6.5

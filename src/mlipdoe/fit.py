@@ -525,8 +525,8 @@ def gap_fit_e0(spec, labels: Labels) -> float:
     """gap_fit's per-atom energy offset for these labels: ``e0`` if given, else by ``e0_method``.
 
     ``average``: the mean of E_s / n_s (:func:`average_e0`); ``isolated`` (gap_fit's default):
-    the energy of single-atom training frames — without one, gap_fit falls back to ``e0``'s
-    default 0. ``e0_offset`` is added. One e0 for all species only.
+    the energy of the single-atom training frame — gap_fit aborts without one per species, and
+    so does this. ``e0_offset`` is added. One e0 for all species only.
     """
     opts = spec.label_options
     if "e0" in opts:
@@ -539,9 +539,11 @@ def gap_fit_e0(spec, labels: Labels) -> float:
         e0 = average_e0(labels)
     else:
         single = [labels.energy[k] for k in range(len(labels.energy)) if labels.n_atoms[k] == 1]
-        if len(single) > 1:
-            raise ConfigurationError("e0_method=isolated with several single-atom frames: give e0 explicitly")
-        e0 = float(single[0]) if single else 0.0
+        if len(single) != 1:
+            raise ConfigurationError(
+                f"e0_method=isolated (gap_fit's default) needs one single-atom training frame, found {len(single)} "
+                "(gap_fit aborts the same way): give e0=… or e0_method=average in the gap_fit arguments")
+        e0 = float(single[0])
     return e0 + float(opts.get("e0_offset", 0.0))
 
 

@@ -782,6 +782,23 @@ def descriptor_dimensions(strings: Sequence[str]) -> list[int]:
     return [int(_quippy_descriptor(s).n_dim) for s in strings]
 
 
+def e0_notes(spec, frames: Sequence[Atoms]) -> list[str]:
+    """A note when gap_fit, trained on frames like these, would abort on its e0 rule.
+
+    ``e0_method=isolated`` (gap_fit's default) without ``e0`` needs a single-atom frame of
+    every species in the training file; the design does not depend on e0 (labels only).
+    """
+    opts = spec.label_options
+    if "e0" in opts or str(opts.get("e0_method", "isolated")).lower() != "isolated":
+        return []
+    isolated = {int(a.numbers[0]) for a in frames if len(a) == 1}
+    missing = sorted({int(z) for a in frames for z in a.numbers} - isolated)
+    if not missing:
+        return []
+    return [f"gap_fit's e0_method=isolated (its default) needs a single-atom frame of species {missing} in the "
+            "training file, or it aborts: add them, or give e0=… or e0_method=average in the gap_fit arguments"]
+
+
 def descriptor_engines(descriptors, observations: Sequence[str], use_featomic: bool = True) -> list:
     """Which engine computes each expanded descriptor: featomic's arguments, or None for quippy.
 
@@ -851,6 +868,7 @@ def build_gap_model(
             sparse, notes = choose_sparse(descriptors, tables, species, seed=seed, config_types=config_types)
         else:
             sparse, notes = sparse_at(tables, descriptors, sparse_locations, species), []
+        notes = notes + e0_notes(spec, frames)
         timings["sparse_points"] = time.perf_counter() - t1
         t2 = time.perf_counter()
         K = sparse.kernel_matrix(kernels)
