@@ -121,3 +121,11 @@ def test_score_and_grade_on_a_gap_record(designed, tmp_path):
 
     graded = ase.io.read(tmp_path / "g.xyz", index=":")
     assert len(graded) == 3 and all(np.isfinite(a.info["mlipdoe_grade"]) for a in graded)
+
+
+def test_unsupported_sparse_method_is_refused_before_any_descriptor(designed, tmp_path):
+    d, _ = designed
+    args = ARGS.replace("sparse_method=cur_points", "sparse_method=kmeans")
+    proc = run_cli("select", d / "pool.xyz", "-n", "2", "--gap-fit-args", args, "-o", tmp_path / "o.xyz",
+                   "--record", tmp_path / "r.json", "-q")
+    assert proc.returncode == 2 and "sparse_method=kmeans" in proc.stderr, proc.stderr

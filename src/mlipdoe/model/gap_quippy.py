@@ -855,6 +855,15 @@ def build_gap_model(
     kernels = [InstanceKernel.of(d) for d in descriptors]
     strings = [d.descriptor_string() for d in descriptors]
     dimensions = descriptor_dimensions(strings)
+    if sparse_locations is None:  # refuse before the descriptor pass, not after it
+        for d, D in zip(descriptors, dimensions):
+            if d.sparse_method not in SPARSE_METHODS:
+                raise ConfigurationError(f"{d.kind}: sparse_method={d.sparse_method} is not supported; mlipdoe "
+                                         f"chooses sparse points from the pool ({', '.join(SPARSE_METHODS)}) and "
+                                         "hands them to gap_fit")
+            if d.sparse_method == "uniform" and D != 1:
+                raise ConfigurationError(f"{d.kind}: sparse_method=uniform is supported for one-dimensional "
+                                         "descriptors (distance_2b); use cur_points or random")
     workers = default_workers() if workers is None else max(1, int(workers))
     noise = spec.noise().validate(observations)
     timings: dict = {}
