@@ -216,6 +216,14 @@ def test_existing_rows_and_fixed_frames(model, frames):
         assert worst <= RTOL
 
 
+def test_zero_weight(small_model):
+    """B = 0 (a target of zero rows): every gain and the value stay 0."""
+    m = small_model
+    crit = make_criterion("i", target=TargetRows(psi=np.zeros((3, m.M)), n_atoms=np.full(3, 8))).initialize(m)
+    run = greedy(crit, 3, available=np.ones(m.n_frames, bool))
+    assert run.gains == [0.0, 0.0, 0.0] and crit.value() == 0.0
+
+
 def test_same_seed_same_design(model):
     runs = [greedy(make_criterion("i").initialize(model, seed=3), 50, available=np.ones(model.n_frames, bool))
             for _ in range(2)]

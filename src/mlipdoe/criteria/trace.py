@@ -238,9 +238,10 @@ class TraceCriterion(InformationCriterion):
             zc *= scale[sl]
             z[sl] = zc
             Hc = f.H[sl]
-            out = _ger(alpha, zc, yu, Hc)
-            if not np.may_share_memory(out, Hc):  # pragma: no cover - BLAS wrote a copy
-                Hc[...] = out
+            if Hc.shape[1]:  # B ≠ 0
+                out = _ger(alpha, zc, yu, Hc)
+                if not np.may_share_memory(out, Hc):  # pragma: no cover - BLAS wrote a copy
+                    Hc[...] = out
             f.num[sl] = rowdot(Hc, Hc)
         az = kappa * np.abs(z)
         dz = gamma * self._row_lengths() * float(np.linalg.norm(u))  # rounding of w_cᵀu
