@@ -281,6 +281,19 @@ class QuippyMatchedSOAP:
         self._columns, self._factors = quippy_layout(species, self.radial.n_max, self.radial.l_max)
         self.dimension = len(self._columns) + 1
 
+    def _layout_values(self, block, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """quippy's vectors (n_env, D) of a featomic block and the norms they were divided by."""
+        raw = np.asarray(block.values)[:, cols] * self._factors
+        norms = np.linalg.norm(raw, axis=1)
+        if self.normalise and np.any(norms == 0):
+            bad = block.samples.values[int(np.flatnonzero(norms == 0)[0])]
+            raise InputError(f"atom {int(bad[1])} of frame {int(bad[0])} has a zero SOAP vector")
+        scale = norms if self.normalise else np.ones_like(norms)
+        values = np.empty((len(raw), self.dimension))
+        values[:, :-1] = raw / scale[:, None]
+        values[:, -1] = self.covariance_sigma0
+        return values, scale
+
     def compute_projected(self, frames: Sequence[Atoms], *, gradients: bool = False) -> ProjectedSOAP:
         """Like :meth:`compute` for one centre species, keeping featomic's raw gradients (see
         :class:`ProjectedSOAP`): the layout map is applied to what the gradients are contracted
@@ -307,15 +320,7 @@ class QuippyMatchedSOAP:
                                  np.zeros((0, 3), dtype=np.int64) if gradients else None,
                                  lookup_cols if lookup_cols is not None else np.zeros(0, dtype=np.int64),
                                  self._factors, self.normalise)
-        raw = np.asarray(block.values)[:, lookup_cols] * self._factors
-        norms = np.linalg.norm(raw, axis=1)
-        if self.normalise and np.any(norms == 0):
-            bad = block.samples.values[int(np.flatnonzero(norms == 0)[0])]
-            raise InputError(f"atom {int(bad[1])} of frame {int(bad[0])} has a zero SOAP vector")
-        scale = norms if self.normalise else np.ones_like(norms)
-        values = np.empty((len(raw), d))
-        values[:, :-1] = raw / scale[:, None]
-        values[:, -1] = self.covariance_sigma0
+        values, scale = self._layout_values(block, lookup_cols)
         centers = np.asarray(block.samples.values, dtype=np.int64)[:, :2]
         order = np.lexsort((centers[:, 1], centers[:, 0]))  # frame, then atom: quippy's order
         sorted_already = bool(np.all(order == np.arange(len(order))))
@@ -375,16 +380,8 @@ class QuippyMatchedSOAP:
                 continue
             lookup = {tuple(p): i for i, p in enumerate(block.properties.values.tolist())}
             cols = np.array([lookup[c] for c in self._columns])
-            raw = np.asarray(block.values)[:, cols] * self._factors
-            norms = np.linalg.norm(raw, axis=1)
-            if self.normalise and np.any(norms == 0):
-                bad = block.samples.values[int(np.flatnonzero(norms == 0)[0])]
-                raise InputError(f"atom {int(bad[1])} of frame {int(bad[0])} has a zero SOAP vector")
-            scale = norms if self.normalise else np.ones_like(norms)
-            x = raw / scale[:, None]
-            out = np.zeros((len(x), d))
-            out[:, :-1] = x
-            out[:, -1] = self.covariance_sigma0
+            out, scale = self._layout_values(block, cols)
+            x = out[:, :-1]
             vals.append(out)
             cents.append(np.asarray(block.samples.values, dtype=np.int64)[:, :2])
             if gradients:
