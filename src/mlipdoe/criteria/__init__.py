@@ -18,6 +18,7 @@ from .base import (
 from .baselines import CURSelection, FarthestPointSampling, mean_pooled_descriptors
 from .d_optimal import DOptimal
 from .e_optimal import EOptimal
+from .entropy import QuestsEntropy
 from .g_optimal import GOptimal
 from .maximin import Maximin
 from .random import RandomCriterion
@@ -34,6 +35,7 @@ CRITERIA: dict[str, type[Criterion]] = {
     "random": RandomCriterion,
     "fps": FarthestPointSampling,
     "cur": CURSelection,
+    "quests": QuestsEntropy,
 }
 
 #: Options each criterion accepts (``make_criterion`` drops the others when ``lenient``).
@@ -42,6 +44,7 @@ OPTIONS: dict[str, tuple[str, ...]] = {
     "e": ("existing",), "maximin": ("existing",), "random": ("existing",),
     "fps": ("vectors", "frames", "soap", "existing", "existing_vectors"),
     "cur": ("vectors", "frames", "soap", "existing", "existing_vectors"),
+    "quests": ("frames", "descriptors", "bandwidth", "k", "cutoff", "existing", "existing_descriptors"),
 }
 
 
@@ -62,6 +65,6 @@ def make_criterion(name: str, *, lenient: bool = False, **options) -> Criterion:
 
 __all__ = [
     "AOptimal", "CRITERIA", "CURSelection", "Criterion", "DOptimal", "EOptimal", "ExistingRows",
-    "FarthestPointSampling", "GOptimal", "IOptimal", "InformationCriterion", "Maximin", "OPTIONS",
+    "FarthestPointSampling", "GOptimal", "IOptimal", "InformationCriterion", "Maximin", "OPTIONS", "QuestsEntropy",
     "RandomCriterion", "TargetRows", "existing_rows", "make_criterion", "mean_pooled_descriptors", "target_rows",
 ]
