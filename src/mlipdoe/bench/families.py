@@ -31,8 +31,8 @@ is not visible from one frame's geometry.
 The thresholds were fixed on the Zuo et al. (2020) Cu, Ni, Mo and Li data
 (``docs/families.md``). Limits: the displacement rule assumes atoms on inversion centres, as in
 a Bravais lattice. In hcp half of the first-shell bonds are unpaired and the other half give a
-rough displacement (0.22 Å for a 0.17 Å RMS rattle) (the shape strain is then taken against ideal close packing); in
-diamond no first-shell bond has an opposite, the displacement is NaN and the frame counts as
+rough displacement (0.22 Å for a 0.17 Å RMS rattle), and the shape strain is taken against
+ideal close packing; in diamond no first-shell bond has an opposite, the displacement is NaN and the frame counts as
 ``"aimd"``. The vacancy rule knows cubic bcc and fcc supercells only; the 4 Å vacuum gap assumes
 planes closer than that in bulk (true unless the nearest-neighbour distance exceeds ~4.9 Å);
 the fixed shell cutoff keeps whole first shells for strains up to about 10 %.
