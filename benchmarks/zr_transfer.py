@@ -39,6 +39,25 @@ def label(frames, calc):
     return out
 
 
+def zr_sets(n_pool: int, n_test: int):
+    """EAM-labelled hcp Zr: the pool (±2 % strain) and the tests in_sample, strain_2-5 and vacancy."""
+    from ase.calculators.eam import EAM
+
+    from mlipdoe.generate import ZR_HCP_A, ZR_HCP_C, generate_strained
+
+    calc = EAM(potential=str(EAM_FILE))
+    common = dict(structure="hcp", a=ZR_HCP_A, c=ZR_HCP_C, supercell=(2, 2, 2), rattle=0.02)
+    pool = label(generate_strained("Zr", n_frames=n_pool, max_strain=0.02, seed=0, **common), calc)
+    tests = {
+        "in_sample": label(generate_strained("Zr", n_frames=n_test, max_strain=0.02, seed=101, **common), calc),
+        "strain_2-5": label(generate_strained("Zr", n_frames=n_test, min_strain=0.02, max_strain=0.05, seed=102,
+                                              config_type="strain_2-5", **common), calc),
+        "vacancy": label(generate_strained("Zr", n_frames=n_test, max_strain=0.02, vacancies=1, seed=103,
+                                           config_type="vacancy", **common), calc),
+    }
+    return pool, tests
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n-pool", type=int, default=200)
@@ -59,7 +78,6 @@ def main(argv=None) -> int:
     if not EAM_FILE.exists():
         print(f"skipped: {EAM_FILE} not found (the EAM labeller lives in ../shared/data)")
         return 0
-    from ase.calculators.eam import EAM
     from zuo import DOCS_HEADER
 
     from mlipdoe.bench import (
@@ -70,22 +88,12 @@ def main(argv=None) -> int:
         write_outputs,
     )
     from mlipdoe.descriptors import SOAP
-    from mlipdoe.generate import ZR_HCP_A, ZR_HCP_C, generate_strained
     from mlipdoe.hypers import Noise
 
     command = "python benchmarks/zr_transfer.py " + " ".join(
         shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    calc = EAM(potential=str(EAM_FILE))
-    common = dict(structure="hcp", a=ZR_HCP_A, c=ZR_HCP_C, supercell=(2, 2, 2), rattle=0.02)
     t0 = time.perf_counter()
-    pool = label(generate_strained("Zr", n_frames=args.n_pool, max_strain=0.02, seed=0, **common), calc)
-    tests = {
-        "in_sample": label(generate_strained("Zr", n_frames=args.n_test, max_strain=0.02, seed=101, **common), calc),
-        "strain_2-5": label(generate_strained("Zr", n_frames=args.n_test, min_strain=0.02, max_strain=0.05, seed=102,
-                                              config_type="strain_2-5", **common), calc),
-        "vacancy": label(generate_strained("Zr", n_frames=args.n_test, max_strain=0.02, vacancies=1, seed=103,
-                                           config_type="vacancy", **common), calc),
-    }
+    pool, tests = zr_sets(args.n_pool, args.n_test)
     print(f"generated and labelled {args.n_pool} + 3 × {args.n_test} frames in {time.perf_counter() - t0:.0f} s")
     soap = SOAP(cutoff=5.0, n_max=args.n_max, l_max=args.l_max, atom_sigma=0.5)
     noise = Noise(energy=args.sigma_energy, force=args.sigma_force)

@@ -150,3 +150,57 @@ def test_markdown_section_is_replaced_not_duplicated(tmp_path):
     text = path.read_text()
     assert text.startswith("# head") and text.count("section:mo -->") == 2
     assert "second" in text and "first" not in text and "zr text" in text
+
+
+def _curve_result(curves: dict, n_pool: int = 100):
+    """A BenchmarkResult whose rows follow given (atoms, error) curves, one per strategy/seed."""
+    from mlipdoe.bench import BenchmarkResult
+
+    rows = []
+    for (strategy, seed), pts in curves.items():
+        for n, atoms, err in pts:
+            rows.append({"strategy": strategy, "seed": seed, "n": n, "sparse": "", "test_set": "test",
+                         "n_atoms": atoms, "cost3": float(atoms), "energy_rmse": err, "force_rmse": err})
+    return BenchmarkResult(rows, [], {"total": 0.0}, BenchmarkConfig(budgets=[1]), n_pool, 10, ["test"])
+
+
+def test_data_efficiency_of_power_law_curves_is_exact():
+    """err = c·atoms^-½: a strategy reaching random's error with half the atoms has ratio 2."""
+    from mlipdoe.bench import data_efficiency
+
+    budgets = [5, 10, 20, 40]
+    rnd = {("random", s): [(n, 10 * n, (10 * n) ** -0.5 * (1 + 0.01 * (s - 1))) for n in budgets] for s in range(3)}
+    twice = {("twice", 0): [(n, 10 * n, (20 * n) ** -0.5) for n in budgets]}
+    worse = {("worse", 0): [(n, 10 * n, 3 * (10 * n) ** -0.5) for n in budgets]}
+    best = {("best", 0): [(n, 10 * n, 0.1 * (10 * n) ** -0.5) for n in budgets]}
+    result = _curve_result({**rnd, **twice, **worse, **best})
+    rel, ratio = data_efficiency(result, "twice", "energy_rmse")
+    assert rel == "=" and ratio == pytest.approx(2.0, rel=1e-12)
+    assert data_efficiency(result, "random", "force_rmse") == ("=", pytest.approx(1.0, rel=1e-12))
+    rel, ratio = data_efficiency(result, "worse", "energy_rmse")          # never reaches: bound from the last budget
+    assert rel == "<" and ratio == pytest.approx(200 / 400)
+    rel, ratio = data_efficiency(result, "best", "energy_rmse")           # better already at the first budget
+    assert rel == "≥" and ratio == pytest.approx(200 / 50)
+
+
+def test_frame_errors_match_evaluate_and_bootstrap_brackets_them():
+    from mlipdoe.bench import frame_errors
+    from mlipdoe.fit import Labels, Prediction
+
+    rng = np.random.default_rng(0)
+    n = rng.integers(2, 9, size=40)
+    forces = [rng.normal(size=(k, 3)) for k in n]
+    labels = Labels(rng.normal(size=40), forces, n, [None] * 40)
+    pred = Prediction(labels.energy + rng.normal(scale=0.1, size=40) * n,
+                      [f + rng.normal(scale=0.2, size=f.shape) for f in forces], n)
+    fe = frame_errors(pred, labels)
+    ref = evaluate(pred, labels).overall()
+    for key in ("energy_rmse", "energy_mae", "force_rmse", "force_mae"):
+        assert fe.summary()[key] == pytest.approx(ref[key], rel=1e-12)
+    ci = fe.bootstrap(2000, seed=1)
+    assert ci["energy_rmse_lo"] < ref["energy_rmse"] < ci["energy_rmse_hi"]
+    assert ci["force_rmse_lo"] < ref["force_rmse"] < ci["force_rmse_hi"]
+    assert ci == fe.bootstrap(2000, seed=1)
+    # equal errors on every frame: no spread to resample
+    flat = frame_errors(Prediction(labels.energy + n * 0.5, forces, n), labels).bootstrap(100)
+    assert flat["energy_rmse_lo"] == pytest.approx(0.5) and flat["energy_rmse_hi"] == pytest.approx(0.5)

@@ -264,7 +264,7 @@ def test_snapshot_restore_and_refresh(model, frames):
 
 
 def test_registry_and_unknown_name():
-    assert set(NAMES + ["random"]) == set(CRITERIA)
+    assert set(NAMES + ["random", "quests"]) == set(CRITERIA)
     for name, cls in CRITERIA.items():
         doc = cls.__doc__ or ""
         assert name in doc and "ost" in doc, name  # formula and cost documented

@@ -195,6 +195,8 @@ def criterion_inputs(name: str, model: InformationModel, pool: Pool, *, target_f
             opts["vectors"] = vectors
         else:
             opts["frames"] = pool.frames
+    elif name == "quests":
+        opts["frames"] = pool.frames
     return opts
 
 
@@ -213,7 +215,7 @@ def select(pool, *, n: int | None = None, criterion: str = "d", optimizer: str =
     n : int, optional
         Number of frames to pick (besides fixed/included frames).
     criterion : str
-        One of :data:`mlipdoe.criteria.CRITERIA`: d, a, i, g, e, maximin, random, fps, cur.
+        One of :data:`mlipdoe.criteria.CRITERIA`: d, a, i, g, e, maximin, random, fps, cur, quests.
     optimizer : {"greedy", "exchange"}
         Greedy (lazy automatically for submodular criteria, under any budget, unless
         ``lazy=False``), or greedy followed by Fedorov exchange with ``restarts``
@@ -429,7 +431,9 @@ def score(pool, *, design, model: InformationModel | None = None, target=None, e
         raise InputError(f"the model has {model.n_frames} frames but the pool {len(pool)}")
     target_frames, target_info = _frames_and_file(target, "target")
     existing_frames, _ = _frames_and_file(existing, "existing")
-    names = [c for c in CRITERIA if c != "random"] if criteria is None else list(criteria)
+    # by default every criterion but the two that say nothing of the model: random, and quests'
+    # entropy (an optional package, compiled on first use); either is scored when asked for
+    names = [c for c in CRITERIA if c not in ("random", "quests")] if criteria is None else list(criteria)
     shared = {}
     if existing_frames is not None:
         shared["existing"] = existing_rows(model, existing_frames)
@@ -437,6 +441,8 @@ def score(pool, *, design, model: InformationModel | None = None, target=None, e
         shared["target"] = target_rows(model, target_frames)
     if any(c in ("fps", "cur") for c in names):
         shared["vectors"] = mean_pooled_descriptors(pool.frames, model.soap)
+    if "quests" in names:
+        shared["frames"] = pool.frames
     values = {}
     for name in names:
         crit = make_criterion(name, lenient=True, **shared).initialize(model, fixed=indices, seed=seed)

@@ -42,7 +42,7 @@ MODEL_FORMAT = "mlipdoe.gpr/1"
 __all__ = [
     "GPRModel", "Labels", "Prediction", "ErrorTable", "read_labels", "fit_gpr", "fit_from_rows",
     "label_vectors", "evaluate", "fit_gap_fit", "GapFitModel", "load_model", "average_e0",
-    "fit_gap_exact", "fit_gap_fit_exact", "GapExactGPR", "predict_rows", "run_gap_fit",
+    "fit_gap_exact", "fit_gap_fit_exact", "fit_gap_fit_own", "write_gap_fit_training", "GapExactGPR", "predict_rows", "run_gap_fit",
 ]
 
 
@@ -487,6 +487,26 @@ def _labelled_copy(atoms: Atoms, labels: Labels, k: int, names: dict, use_forces
     return a
 
 
+def write_gap_fit_training(frames: Sequence[Atoms], labels: Labels, spec, path, *, use_forces: bool = True) -> None:
+    """``frames`` with ``labels`` under gap_fit's parameter names of ``spec``, as extxyz at ``path`` (atomic)."""
+    import ase.io
+
+    names = gap_fit_label_names(spec)
+    train = [_labelled_copy(a, labels, k, names, use_forces and labels.forces is not None)
+             for k, a in enumerate(frames)]
+    with atomic_output(path, suffix=".xyz") as tmp:
+        ase.io.write(tmp, train, format="extxyz")
+
+
+def _gap_fit_notes(log_path: Path) -> list[str]:
+    """What gap_fit changed from what it was asked (its own warnings), one line each."""
+    notes = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        if "number of sparse points changed to" in line:
+            notes.append("gap_fit lowered n_sparse to the number of environments in the training set")
+    return notes
+
+
 def fit_gap_fit_exact(frames: Sequence[Atoms], labels: Labels, model, *, output, use_forces: bool = True,
                       timeout: float = 3600) -> GapFitModel:
     """Train the real gap_fit on ``frames`` with exactly the model of a GAP-exact design.
@@ -495,21 +515,36 @@ def fit_gap_fit_exact(frames: Sequence[Atoms], labels: Labels, model, *, output,
     :func:`mlipdoe.api.model_from_record`); its sparse points are handed over in gap_fit's
     FILE format and its gap_fit arguments are used as they are (:mod:`mlipdoe.export`).
     """
-    import ase.io
     import shlex
 
     from .export import write_gap_fit_inputs
 
-    use_forces = use_forces and labels.forces is not None
     output = output_folder(output, what="gap_fit folder")
-    names = gap_fit_label_names(model.spec)
-    train = [_labelled_copy(a, labels, k, names, use_forces) for k, a in enumerate(frames)]
-    with atomic_output(output / "train.xyz", suffix=".xyz") as tmp:
-        ase.io.write(tmp, train, format="extxyz")
+    write_gap_fit_training(frames, labels, model.spec, output / "train.xyz", use_forces=use_forces)
     args = write_gap_fit_inputs(model, output)
     seconds = run_gap_fit([*shlex.split(args), "at_file=train.xyz", "gp_file=gp.xml"], cwd=output, timeout=timeout)
     meta = {"format": MODEL_FORMAT, "engine": "gap_fit", "gap_fit_args": args, "n_train": len(frames),
-            "fit_seconds": round(seconds, 3)}
+            "sparse_points": "design", "fit_seconds": round(seconds, 3), "notes": _gap_fit_notes(output / "gap_fit.log")}
+    atomic_write_text(output / "model.json", json.dumps(meta, indent=1))
+    return GapFitModel(output, meta)
+
+
+def fit_gap_fit_own(frames: Sequence[Atoms], labels: Labels, spec, *, output, use_forces: bool = True,
+                    timeout: float = 3600) -> GapFitModel:
+    """Train the real gap_fit on ``frames`` with the user's arguments ``spec`` as they are.
+
+    gap_fit chooses its own sparse points among the training frames (``sparse_method`` of
+    ``spec``), as a user's run does. Where gap_fit lowers ``n_sparse`` to the number of
+    environments it has, ``meta["notes"]`` says so.
+    """
+    import shlex
+
+    output = output_folder(output, what="gap_fit folder")
+    write_gap_fit_training(frames, labels, spec, output / "train.xyz", use_forces=use_forces)
+    args = spec.template_args()
+    seconds = run_gap_fit([*shlex.split(args), "at_file=train.xyz", "gp_file=gp.xml"], cwd=output, timeout=timeout)
+    meta = {"format": MODEL_FORMAT, "engine": "gap_fit", "gap_fit_args": args, "n_train": len(frames),
+            "sparse_points": "gap_fit", "fit_seconds": round(seconds, 3), "notes": _gap_fit_notes(output / "gap_fit.log")}
     atomic_write_text(output / "model.json", json.dumps(meta, indent=1))
     return GapFitModel(output, meta)
 

@@ -4,6 +4,9 @@ from .learning_curve import (
     DEFAULT_STRATEGIES,
     BenchmarkConfig,
     BenchmarkResult,
+    FrameErrors,
+    data_efficiency,
+    frame_errors,
     plot_learning_curves,
     results_csv,
     run_benchmark,
@@ -15,7 +18,7 @@ from .learning_curve import (
 from .vault import FrozenDesign, LabelAccessError, LabelVault, strip_labels
 
 __all__ = [
-    "DEFAULT_STRATEGIES", "BenchmarkConfig", "BenchmarkResult", "FrozenDesign", "LabelAccessError", "LabelVault",
+    "DEFAULT_STRATEGIES", "BenchmarkConfig", "BenchmarkResult", "FrameErrors", "data_efficiency", "frame_errors", "FrozenDesign", "LabelAccessError", "LabelVault",
     "plot_learning_curves", "results_csv", "run_benchmark", "select_design", "strip_labels", "summary_markdown",
     "update_markdown_section", "write_outputs",
 ]

@@ -103,7 +103,7 @@ def select(
     output: Path = typer.Option(Path("train.xyz"), "-o", "--output", help="extxyz file of the selected frames."),
     record: Path = typer.Option(Path("design.json"), "--record", help="Design record (JSON) to write."),
     criterion: str = typer.Option(
-        "d", help="d, a, i, g, e, maximin, random, fps or cur (all maximised; any case, e.g. D)."),
+        "d", help="d, a, i, g, e, maximin, random, fps, cur or quests (all maximised; any case, e.g. D)."),
     optimizer: str = typer.Option("greedy", help="greedy (lazy for d) or exchange (greedy + Fedorov exchange)."),
     restarts: int = typer.Option(0, help="With --optimizer exchange: random restarts."),
     max_iter: int = typer.Option(100, "--max-iter", help="With --optimizer exchange: most swaps per run."),
