@@ -226,3 +226,27 @@ def test_i_with_force_target_observable_equals_mean_force_variance(zr_pool):
         mlipdoe.select(pool, n=2, criterion="i", target_observable="forces", model=model)
     with pytest.raises(ConfigurationError, match="i criterion only"):
         mlipdoe.select(pool, n=2, criterion="g", target=target, target_observable="forces", model=model)
+
+
+def test_i_with_energy_and_force_target_is_their_noise_weighted_sum(zr_pool):
+    """--target-observable energy,forces: value = −mean_t (v_E(t)/σ_E² + v_F(t)/σ_F²), the per-atom
+    energy and mean force-component variances recomputed from the target frames' rows."""
+    from conftest import SMALL_SOAP
+
+    import mlipdoe
+    from mlipdoe.hypers import Noise
+
+    pool, target = zr_pool[:30], zr_pool[40:46]
+    noise = Noise(energy=0.002, force=0.1)
+    kw = dict(n=4, criterion="i", target=target, soap=SMALL_SOAP, n_sparse=15, noise=noise)
+    result = mlipdoe.select(pool, target_observable="energy,forces", **kw)
+    model = result.model
+    C = np.linalg.inv(model.information(result.selected))
+    total = []
+    for rows, atoms in zip(model.observation_rows(target, observations=("energy", "forces")), target):
+        psi_e, psi_f = rows.psi[rows.kind == "energy"], rows.psi[rows.kind == "force"]
+        v_e = float((psi_e @ C @ psi_e.T).item()) / len(atoms) ** 2
+        v_f = np.einsum("ij,jk,ik->", psi_f, C, psi_f) / len(psi_f)
+        total.append(v_e / noise.energy**2 + v_f / noise.force**2)
+    assert result.value == pytest.approx(-np.mean(total), rel=1e-8)
+    assert result.record.extras["target_observable"] == "energy,forces"

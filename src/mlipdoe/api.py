@@ -21,7 +21,7 @@ from .criteria import (
 from .descriptors import SOAP
 from .design import DesignRecord, read_record
 from .exceptions import ConfigurationError, InputError
-from .hypers import DesignConfig, ModelConfig, Noise
+from .hypers import TARGET_OBSERVABLES, DesignConfig, ModelConfig, Noise
 from .model import InformationModel, build_model
 from .model.gap_featomic import check_species
 from .model.kernels import Kernel
@@ -167,23 +167,44 @@ def make_budget(*, n=None, budget_atoms=None, budget_cost=None, cost_power: floa
     return Budget(kind, float(value), float(cost_power)).validate()
 
 
+def target_moment(model: InformationModel, observable: str, target_frames=None) -> np.ndarray:
+    """The i criterion's target moment B (value −tr(C B)) for a target observable.
+
+    ``energy``: mean per-atom energy variance; ``forces``: mean force-component variance
+    (needs force rows: the pool's with ``--observe energy,forces``, or the target frames');
+    ``energy,forces``: v_E/σ_E² + v_F/σ_F² with the model's default σ_E (eV/atom) and σ_F
+    (eV/Å), each variance in units of its noise, as gap_fit weighs them.
+    """
+    from .criteria.trace import energy_moment
+
+    if observable == "energy":
+        return energy_moment(target_rows(model, target_frames))
+    if target_frames is not None:
+        forces = mean_force_moment(model.force_variance_rows(target_frames))
+    elif model.pool_force_moment is not None:
+        forces = model.pool_force_moment
+    else:
+        raise ConfigurationError(f"--target-observable {observable} with the pool as target needs --observe "
+                                 "energy,forces")
+    if observable == "forces":
+        return forces
+    noise = model.noise
+    return energy_moment(target_rows(model, target_frames)) / noise.energy**2 + forces / noise.force**2
+
+
 def criterion_inputs(name: str, model: InformationModel, pool: Pool, *, target_frames=None, existing_frames=None,
                      vectors=None, target_observable: str = "energy") -> dict:
     """Options for :func:`make_criterion`: target rows (i, g), existing rows, pool frames (fps, cur)."""
     opts: dict = {}
     if existing_frames is not None:
         opts["existing"] = existing_rows(model, existing_frames)
-    if target_observable not in ("energy", "forces"):
-        raise ConfigurationError(f"target observable must be energy or forces, got {target_observable!r}")
-    if target_observable == "forces":
+    if target_observable not in TARGET_OBSERVABLES:
+        raise ConfigurationError(f"target observable must be one of {', '.join(TARGET_OBSERVABLES)}, got "
+                                 f"{target_observable!r}")
+    if target_observable != "energy":
         if name != "i":
-            raise ConfigurationError("--target-observable forces is available for the i criterion only")
-        if target_frames is not None:
-            opts["force_moment"] = mean_force_moment(model.force_variance_rows(target_frames))
-        elif model.pool_force_moment is not None:
-            opts["force_moment"] = model.pool_force_moment
-        else:
-            raise ConfigurationError("--target-observable forces with the pool as target needs --observe energy,forces")
+            raise ConfigurationError(f"--target-observable {target_observable} is available for the i criterion only")
+        opts["force_moment"] = target_moment(model, target_observable, target_frames)
         return opts
     if target_frames is not None:
         if name not in ("i", "g"):
@@ -226,7 +247,7 @@ def select(pool, *, n: int | None = None, criterion: str = "d", optimizer: str =
         or ``info["cost"]``. Cost-aware greedy, see :func:`mlipdoe.optimizers.cost_greedy`.
     target : Pool, list of Atoms or path, optional
         Where the potential will be used (criteria ``i`` and ``g``; default the pool).
-    target_observable : {"energy", "forces"}
+    target_observable : {"energy", "forces", "energy,forces"}
         What ``i`` averages over the target: the per-atom energy variance (default) or
         the mean force-component variance tr(C A), A = mean_t B_tᵀB_t (docs/forces.md).
     existing : Pool, list of Atoms or path, optional

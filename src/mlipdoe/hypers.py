@@ -232,7 +232,7 @@ class ModelConfig:
 
 MODEL_KEYS = ("descriptor", "kernel", "noise", "observations", "n_sparse", "sparse_method", "seed")
 OPTIMIZERS = ("greedy", "exchange")
-TARGET_OBSERVABLES = ("energy", "forces")
+TARGET_OBSERVABLES = ("energy", "forces", "energy,forces")
 
 
 @dataclass(frozen=True)
@@ -251,8 +251,9 @@ class DesignConfig:
         Fedorov exchange: random restarts, swaps per run.
     threshold : float, optional
         Stop when the best gain falls below it.
-    target_observable : {"energy", "forces"}
-        What ``i`` averages over the target.
+    target_observable : {"energy", "forces", "energy,forces"}
+        What ``i`` averages over the target: per-atom energy variance, mean force-component
+        variance, or their sum in units of the noise (v_E/σ_E² + v_F/σ_F²).
     lazy : bool
         Lazy greedy for submodular criteria under a count budget (same picks, fewer evaluations).
     """
@@ -270,7 +271,8 @@ class DesignConfig:
     def __post_init__(self):
         object.__setattr__(self, "criterion", str(self.criterion).strip().lower())
         object.__setattr__(self, "optimizer", str(self.optimizer).strip().lower())
-        object.__setattr__(self, "target_observable", str(self.target_observable).strip().lower())
+        object.__setattr__(self, "target_observable", ",".join(
+            t.strip() for t in str(self.target_observable).strip().lower().split(",")))
 
     def validate(self) -> "DesignConfig":
         from .criteria import CRITERIA
@@ -281,7 +283,8 @@ class DesignConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ConfigurationError(f"unknown optimizer {self.optimizer!r} (use greedy or exchange)")
         if self.target_observable not in TARGET_OBSERVABLES:
-            raise ConfigurationError(f"target observable must be energy or forces, got {self.target_observable!r}")
+            raise ConfigurationError(f"target observable must be one of {', '.join(TARGET_OBSERVABLES)}, got "
+                                     f"{self.target_observable!r}")
         if self.budget is None:
             raise ConfigurationError("a design needs a budget: a frame count, an atom budget or a cost budget")
         self.budget.validate()

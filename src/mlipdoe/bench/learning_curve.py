@@ -44,6 +44,8 @@ from .vault import LabelVault
 
 DEFAULT_STRATEGIES = ("random", "fps", "cur", "quests", "d", "i", "maximin", "d_forces", "i_forces")
 FORCE_SUFFIX = "_forces"
+#: strategy suffix → the i criterion's target observable (after ``_forces``: e.g. ``i_forces_mix``)
+TARGET_SUFFIXES = {"_mix": "energy,forces", "_ftarget": "forces"}
 ENGINES = ("builtin", "gap_fit")
 #: gap_fit engine: whose sparse points the trained GAP uses.
 SPARSE_VARIANTS = ("gap_fit", "design")
@@ -55,7 +57,8 @@ class BenchmarkConfig:
 
     budgets : list of int, frames per design. strategies : names (``random`` is run
     with ``n_random`` seeds; ``<name>_forces`` runs criterion ``name`` on energy +
-    force rows). ``use_forces``: fit on forces as well as energies.
+    force rows; ``i_forces_mix`` / ``i_forces_ftarget``: i with the energy+forces or the
+    forces target observable). ``use_forces``: fit on forces as well as energies.
     ``gap_fit``: a :class:`~mlipdoe.gap_spec.GapFitSpec`; designs are then computed on that
     GAP, and ``engine="gap_fit"`` trains them with gap_fit in each of ``sparse_variants``
     (``workers`` gap_fit runs at a time). ``n_bootstrap`` resamples of the test frames give
@@ -173,13 +176,24 @@ def select_design(strategy: str, model, n: int, *, seed: int = 0, force_model=No
     label-free ``frames`` or their mean-pooled ``vectors``) is used. Raises
     ConfigurationError when the strategy is not available in this build.
     """
-    base = strategy[: -len(FORCE_SUFFIX)] if strategy.endswith(FORCE_SUFFIX) else strategy
+    name, observable = strategy, "energy"
+    for suffix, obs in TARGET_SUFFIXES.items():
+        if name.endswith(suffix):
+            name, observable = name[: -len(suffix)], obs
+    base = name[: -len(FORCE_SUFFIX)] if name.endswith(FORCE_SUFFIX) else name
     use = model
-    if strategy.endswith(FORCE_SUFFIX):
+    if name.endswith(FORCE_SUFFIX):
         if force_model is None:
             raise ConfigurationError(f"{strategy}: no force-row information model available")
         use = force_model
-    crit = make_criterion(base, lenient=True, frames=frames, vectors=vectors)
+    moment = None
+    if observable != "energy":
+        from ..api import target_moment
+
+        if base != "i":
+            raise ConfigurationError(f"{strategy}: a target observable is for the i criterion only")
+        moment = target_moment(use, observable)
+    crit = make_criterion(base, lenient=True, frames=frames, vectors=vectors, force_moment=moment)
     crit.initialize(use, seed=seed)
     run = greedy(crit, n, available=np.ones(use.n_frames, dtype=bool))
     return list(run.selected)
@@ -248,7 +262,7 @@ def run_benchmark(pool: Sequence[Atoms], test_sets: Mapping[str, Sequence[Atoms]
     # both the built-in fits and the force-aware designs
     t0 = time.perf_counter()
     builtin = config.engine == "builtin"
-    want_force_model = any(s.endswith(FORCE_SUFFIX) for s in config.strategies)
+    want_force_model = any(FORCE_SUFFIX in s for s in config.strategies)
     pool_rows = None
     if builtin or want_force_model:
         pool_rows = _rows(model, vault.frames, (use_forces and builtin) or want_force_model)

@@ -110,7 +110,8 @@ def select(
     target: Optional[Path] = typer.Option(
         None, "--target", help="Frames where the potential will be used (criteria i and g; default the pool)."),
     target_observable: str = typer.Option(
-        "energy", "--target-observable", help="i criterion: energy (per-atom variance) or forces (mean force variance)."),
+        "energy", "--target-observable", help="i criterion: energy (per-atom variance), forces (mean force-component "
+        "variance) or energy,forces (their sum in units of σ_E² and σ_F², as gap_fit weighs them)."),
     existing: Optional[Path] = typer.Option(None, "--existing", help="Training set already computed (kept, fixed)."),
     include: Optional[List[str]] = typer.Option(
         None, "--include", help="Pool frames forced in: indices and/or config_types, comma-separated, repeatable."),

@@ -306,7 +306,9 @@ class IOptimal(TraceCriterion):
     Box & Draper 1959, Atkinson, Donev & Tobias 2007 ch. 10).
 
     Value −tr(C B) with the target moment B = mean_t ψ_t ψ_tᵀ / n_t² (M × M), formed
-    once in O(T M²). The target is the pool (default) or ``target`` (:class:`TargetRows`,
+    once in O(T M²). ``force_moment`` replaces B: the mean force variance A
+    (``--target-observable forces``) or the mix B/σ_E² + A/σ_F² (``energy,forces``,
+    :func:`mlipdoe.api.target_moment`). The target is the pool (default) or ``target`` (:class:`TargetRows`,
     e.g. from ``target_rows(model, frames)``: frames where the potential will be used).
     Incremental update and cost: see :class:`TraceCriterion` (energy-only O(N M) per
     pick with N × M memory, else O(N M²)). Not submodular in general.
@@ -320,8 +322,12 @@ class IOptimal(TraceCriterion):
         self.force_moment = force_moment
 
     def _weight(self, model) -> np.ndarray:
-        if self.force_moment is not None:  # --target-observable forces: B = A, mean force variance
+        if self.force_moment is not None:  # --target-observable forces (or the energy+forces mix): B given
             return np.asarray(self.force_moment, dtype=float)
-        t = self.target if self.target is not None else target_rows(model)
-        scaled = t.psi / np.asarray(t.n_atoms, dtype=float)[:, None]
-        return (scaled.T @ scaled) / len(scaled)
+        return energy_moment(self.target if self.target is not None else target_rows(model))
+
+
+def energy_moment(target: TargetRows) -> np.ndarray:
+    """B = mean_t ψ_t ψ_tᵀ / n_t² (M × M): the target-mean per-atom energy variance is tr(C B)."""
+    scaled = target.psi / np.asarray(target.n_atoms, dtype=float)[:, None]
+    return (scaled.T @ scaled) / len(scaled)
