@@ -462,3 +462,173 @@ def test_mixed_sizes_and_two_species_match_in_memory_build(tmp_path):
     pooled = open_store(tmp_path / "s").load_mean_descriptors()
     assert pooled.shape[1] == 2 * ref.sparse.vectors[40].shape[1]
     assert np.all(pooled[0, : pooled.shape[1] // 2] == 0)  # frame 0 has no Ti
+
+
+# ------------------------------------------------------------------ force factors
+
+FORCES = ("energy", "forces")
+
+
+@pytest.fixture(scope="module")
+def force_reference(frames, tmp_path_factory):
+    """An uninterrupted force store (default truncation, 0.999 of each frame's information)."""
+    path = tmp_path_factory.mktemp("forces") / "store"
+    return build_model_stored(frames, store=path, sparse_sample=None, observations=FORCES, **OPTS)
+
+
+@pytest.fixture(scope="module")
+def in_memory_forces(frames):
+    return build_model(frames, soap=SMALL, n_sparse=15, observations=FORCES)
+
+
+def _logdet_block(W):
+    W = np.atleast_2d(W)
+    return np.linalg.slogdet(np.eye(len(W)) + W @ W.T)[1]
+
+
+def _criteria(model):
+    from mlipdoe.criteria import AOptimal, EOptimal, GOptimal, IOptimal
+
+    return {"d": DOptimal(), "a": AOptimal(), "i": IOptimal(), "g": GOptimal(), "e": EOptimal(),
+            "i-forces": IOptimal(force_moment=model.pool_force_moment)}
+
+
+def test_untruncated_force_store_gives_the_in_memory_design(frames, in_memory_forces, tmp_path):
+    """force_information=1: every criterion's picks and gains equal the in-memory force model's."""
+    ref = in_memory_forces
+    model = build_model_stored(frames, store=tmp_path / "s", sparse_sample=None, observations=FORCES,
+                               force_information=1.0, **OPTS)
+    assert model.observations == FORCES and len(model.factors) == len(frames)
+    assert model.store_info["force_retained_min"] == 1.0
+    np.testing.assert_allclose(model.pool_force_moment, ref.pool_force_moment, rtol=1e-10,
+                               atol=1e-12 * np.abs(ref.pool_force_moment).max())
+    for s in (0, 13, 39):  # same block W_sᵀW_s, other factorisation
+        A, B = model.factor(s), ref.factor(s)
+        np.testing.assert_allclose(A.T @ A, B.T @ B, rtol=0, atol=1e-10 * np.abs(B.T @ B).max())
+    available = np.ones(len(frames), bool)
+    for name, crit in _criteria(model).items():
+        ref_crit = _criteria(ref)[name]
+        got = greedy(crit.initialize(model), 6, available=available)
+        want = greedy(ref_crit.initialize(ref), 6, available=available)
+        assert got.selected == want.selected, name
+        # rows whitened per chunk vs per pool differ in rounding (≈1e-10 of |Ψ|, see the energy
+        # test above): measured worst 1.5e-10 relative on a d gain, 5e-12 absolute on an e gain
+        scale = np.abs(want.gains).max()
+        np.testing.assert_allclose(got.gains, want.gains, rtol=1e-9, atol=1e-9 * scale, err_msg=name)
+
+
+def test_truncated_force_factors_keep_the_stated_information(frames, force_reference, in_memory_forces):
+    """Each frame keeps ≥ 0.999 of log det(I + W_sᵀW_s) (checked against the untruncated
+    in-memory block); D picks are the in-memory ones and each gain is within the bound
+    that follows: the truncated value of a design S loses at most 0.001 Σ_{s∈S} g_s."""
+    ref, model = in_memory_forces, force_reference
+    frac = model.store_info["force_information"]
+    assert frac == 0.999
+    own = np.array([_logdet_block(ref.factor(s)) for s in range(len(frames))])
+    kept = np.array([_logdet_block(model.factor(s)) for s in range(len(frames))])
+    assert np.all(kept <= own * (1 + 1e-12))
+    assert np.all(kept >= frac * own), (kept / own).min()
+    assert model.store_info["force_rank_mean"] < model.store_info["force_full_rank_mean"]  # something was cut
+    available = np.ones(len(frames), bool)
+    got = greedy(DOptimal().initialize(model), 8, available=available)
+    want = greedy(DOptimal().initialize(ref), 8, available=available)
+    assert got.selected == want.selected
+    bound = 2 * (1 - frac) * np.cumsum(own[want.selected])
+    assert np.all(np.abs(np.array(got.gains) - np.array(want.gains)) <= bound)
+    assert np.abs(np.array(got.gains) - np.array(want.gains)).max() > 0  # truncation is visible
+
+
+def test_interrupted_force_store_resumes_bit_identical(frames, force_reference, tmp_path):
+    path = tmp_path / "store"
+    with pytest.raises(Interrupt):
+        build_model_stored(frames, store=path, sparse_sample=None, observations=FORCES, progress=FailAfter(3),
+                           **OPTS)
+    assert open_store(path).completed_chunks() == [0, 1, 2]
+    resumed = build_model_stored(frames, store=path, sparse_sample=None, observations=FORCES, **OPTS)
+    assert resumed.store_info["chunks_computed"] == open_store(path).n_chunks - 3
+    assert np.array_equal(resumed.psi, force_reference.psi)
+    assert np.array_equal(resumed.pool_force_moment, force_reference.pool_force_moment)
+    assert all(np.array_equal(a, b) for a, b in zip(resumed.factors, force_reference.factors))
+    assert [len(f) for f in resumed.factors] == [len(f) for f in force_reference.factors]
+
+
+def test_force_store_applies_noise_at_load_and_refuses_a_smaller_force_sigma(frames, force_reference):
+    path = force_reference.store_info["path"]
+    loose = build_model_stored(frames, store=path, sparse_sample=None, observations=FORCES,
+                               noise=Noise(force=0.2), **OPTS)
+    assert loose.store_info["chunks_computed"] == 0 and loose.store_info["force_sigma"] == 0.1
+    assert loose.store_info["force_retained_min"] >= 0.999  # the share grows with σ_F
+    s = 11
+    k = len(force_reference.factor(s))
+    np.testing.assert_allclose(loose.factor(s)[1:], force_reference.factor(s)[1:] / 2, rtol=1e-15)
+    assert len(loose.factor(s)) == k
+    with pytest.raises(StoreMismatchError, match=r"for σ_F ≥ 0.1 eV/Å, the request has σ_F = 0.05"):
+        build_model_stored(frames, store=path, sparse_sample=None, observations=FORCES, noise=Noise(force=0.05),
+                           **OPTS)
+
+
+def test_store_of_other_observations_is_refused(frames, reference, force_reference):
+    with pytest.raises(StoreMismatchError, match=r"holds energy rows, the request observes energy\+forces"):
+        build_model_stored(frames, store=reference.store_info["path"], sparse_sample=None, observations=FORCES,
+                           **OPTS)
+    with pytest.raises(StoreMismatchError, match=r"holds energy\+forces rows, the request observes energy;"):
+        build_model_stored(frames, store=force_reference.store_info["path"], sparse_sample=None, **OPTS)
+    with pytest.raises(InputError, match="drop virials"):
+        build_model_stored(frames, store=reference.store_info["path"], observations=("energy", "forces", "virials"),
+                           **OPTS)
+
+
+def test_plan_counts_the_force_working_set():
+    args = dict(memory_limit=None, baseline_bytes=0, n_frames=10_000, mean_atoms=32, dimension=400, M=300,
+                itemsize=8)
+    energy = plan_chunk_size(**args)
+    forces = plan_chunk_size(**args, forces=True, factor_rows=60, gradient_samples=40)
+    per_frame = 32 * 3 * 300 * 8 * 3
+    assert forces.per_chunk_bytes - energy.per_chunk_bytes == 100 * per_frame
+    per_gradient_atom = 40 * 3 * (2 * 400 + 4 * 300) * 8
+    assert forces.gradient_atoms == 1000
+    assert forces.resident_bytes - energy.resident_bytes == 10_000 * 60 * 300 * 8 + 1000 * per_gradient_atom
+    # a limit that binds: fewer atoms per gradient call and smaller chunks, the plan under it
+    limit = int(1.8e9)
+    limited = plan_chunk_size(**dict(args, memory_limit=limit), forces=True, factor_rows=60, gradient_samples=40)
+    assert 32 <= limited.gradient_atoms < 1000 and limited.chunk_size < 100
+    assert limited.bytes_for(limited.chunk_size) <= limit < limited.bytes_for(limited.chunk_size + 1)
+
+
+def test_cli_select_from_a_force_store_end_to_end(tmp_path):
+    from conftest import run_cli
+    from mlipdoe.generate import write_frames
+
+    pool = tmp_path / "pool.xyz"
+    write_frames(zr_example(20, seed=1), pool)
+    store = tmp_path / "rows.store"
+    small = ["--n-sparse", "8", "--n-max", "4", "--l-max", "3", "-q"]
+    energy = run_cli("store", "build", pool, "--store", store, *small)
+    assert energy.returncode == 0, energy.stderr
+    refused = run_cli("select", pool, "-n", "4", "--store", store, "--observe", "energy,forces", "--criterion", "i",
+                      "-o", tmp_path / "x.xyz", "--record", tmp_path / "x.json", *small)
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert refused.returncode == 2 and len(lines) == 1, refused.stderr
+    assert "holds energy rows, the request observes energy+forces" in lines[0]
+
+    fstore = tmp_path / "forces.store"
+    args = ["select", pool, "-n", "4", "--store", fstore, "--observe", "energy,forces", "--criterion", "i", *small]
+    cold = run_cli(*args, "-o", tmp_path / "a.xyz", "--record", tmp_path / "a.json")
+    assert cold.returncode == 0, cold.stderr
+    warm = run_cli(*args, "-o", tmp_path / "b.xyz", "--record", tmp_path / "b.json")
+    assert warm.returncode == 0, warm.stderr
+    records = [json.loads((tmp_path / f"{r}.json").read_text()) for r in ("a", "b")]
+    assert records[0]["selected"] == records[1]["selected"] and len(records[0]["selected"]) == 4
+    assert records[1]["store"]["chunks_computed"] == 0
+    assert records[1]["store"]["force_retained_min"] >= 0.999
+
+    from mlipdoe.criteria import IOptimal
+    from mlipdoe.pool_index import POOL_INDEX, read_pool_indexed
+
+    indexed = read_pool_indexed([str(pool)], fstore / POOL_INDEX)
+    model = build_model_stored(indexed.frames, store=fstore, soap=SOAP(n_max=4, l_max=3), n_sparse=8,
+                               observations=FORCES, config_types=indexed.config_types,
+                               pool_sha256=[f.sha256 for f in indexed.files])
+    assert model.store_info["chunks_computed"] == 0
+    want = greedy(IOptimal().initialize(model), 4, available=np.ones(len(model.psi), bool)).selected
+    assert records[0]["selected"] == want

@@ -1,4 +1,4 @@
-"""Resumable on-disk store of whitened energy rows, bounded memory and Dask.
+"""Resumable on-disk store of whitened energy rows (and force factors), bounded memory and Dask.
 
 :func:`build_model_stored` is :func:`mlipdoe.model.gap_featomic.build_model` for pools of
 10^5–10^6 frames. It streams the pool in chunks of frames and keeps on disk, under
@@ -15,7 +15,11 @@ one directory,
     of K_MM + jitter·I and the jitter.
 ``chunks/c{index:07d}.h5``
     one file per chunk of frames: whitened rows Ψ = Φ L⁻ᵀ (n_chunk × M), atoms per
-    frame and mean-pooled descriptors (for baselines such as FPS on frames).
+    frame and mean-pooled descriptors (for baselines such as FPS on frames); in a
+    force store (``observations=("energy", "forces")``) also each frame's force factor
+    R_s (below) as one ``force_factors`` (Σ k_s × M) dataset with ``force_offsets``
+    (n_chunk + 1), the singular values of Ψ_F,s (``force_singular``, with
+    ``singular_offsets``) and the chunk's Σ_s Ψ_F,sᵀΨ_F,s / (3 n_s) (``force_moment``).
 
 Every file is written to a temporary name, fsynced and renamed into place
 (``os.replace`` is atomic on POSIX), so a chunk file either exists complete or not at
@@ -25,6 +29,20 @@ stored sparse points, the result is bit-identical to an uninterrupted run.
 
 What is *not* in the key: the noise model and config types. They only scale rows at
 load time (σ_E² n_s), so changing σ_E reuses the store, correctly.
+
+Force factors. For frame s with whitened force rows Ψ_F,s (3 n_s × M, unscaled, from
+:func:`~mlipdoe.model.gap_featomic.iter_observation_rows`), the store keeps the leading
+k_s rows of R_s = :func:`~mlipdoe.model.rows.compress_rows` (Ψ_F,s), R_sᵀR_s = Ψ_F,sᵀΨ_F,s,
+chosen by :func:`~mlipdoe.model.rows.information_rank` to hold ``force_information``
+(default 0.999) of log det(I + R_sᵀR_s/σ_F²) at the floor σ_F = ``force_sigma``. At load
+the frame's block is W_sᵀW_s = ψ_sψ_sᵀ/(σ_E² n_s) + R_sᵀR_s/σ_F(s)², and its factor W_s
+the (1 + k_s) × M stack of both. The kept share only grows with σ_F and truncation costs
+a larger block (energy row, design) no more than R_s alone, so every frame keeps at least
+``force_information`` of log det(I + W_sᵀW_s), and its D gain at any design loses at most
+(1 − ``force_information``) · log det(I + W_sᵀW_s), for any noise with σ_F ≥ the floor. The floor
+and the fraction are in the key (``force_factors``); a request with a larger σ_F reuses
+the store, one with a smaller σ_F is refused. ``force_information=1`` keeps every
+singular value above :data:`~mlipdoe.model.rows.COMPRESSION_RTOL` (no truncation).
 
 Precision: rows are stored in float64 by default (criteria tests compare gains to
 1e-8); ``dtype="float32"`` halves disk and the O(N·M) selection working set (the
@@ -68,7 +86,8 @@ from .descriptors import SOAP, make_descriptor
 from .exceptions import ConfigurationError, InputError, StoreMismatchError
 from .hypers import Noise
 from .model import DescriptorSource, InformationModel, resolve_species
-from .model.gap_featomic import chunk_energy_rows, segment_sums
+from .hypers import check_observations
+from .model.gap_featomic import DEFAULT_GRADIENT_CHUNK_ATOMS, chunk_energy_rows, iter_observation_rows, segment_sums
 from .model.kernels import (
     Kernel,
     SparsePoints,
@@ -76,7 +95,7 @@ from .model.kernels import (
     choose_sparse_points,
     sparse_point_notes,
 )
-from .model.rows import whiten
+from .model.rows import compress_rows, information_rank, whiten
 from .pool import frames_sha256
 from .progress import NULL_PROGRESS, Progress
 
@@ -90,6 +109,13 @@ DEFAULT_SPARSE_SAMPLE = 50_000
 _DESCRIPTOR_COPIES = 6
 #: Copies of the (n_atoms_chunk × M) kernel block (X Zᵀ, its power base, reduceat).
 _KERNEL_COPIES = 3
+#: Gradient samples per atom (neighbours within the cutoff, itself included) when not
+#: measured: a conservative count for dense metals at a 5 Å cutoff.
+_GRADIENT_NEIGHBOURS = 60
+#: Copies of the (3 n_atoms_chunk × M) force rows per chunk (raw, whitened, compressed, written).
+_FORCE_COPIES = 3
+#: Default share of each frame's force information kept by the force factors.
+DEFAULT_FORCE_INFORMATION = 0.999
 
 _UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
           "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
@@ -149,6 +175,8 @@ class ChunkPlan:
     #: Largest chunk (frames) the limit allows; None without a limit.
     max_chunk_size: int | None = None
     baseline_bytes: int = 0
+    #: Atoms per featomic gradient call of a force store (None without forces).
+    gradient_atoms: int | None = None
 
     def bytes_for(self, chunk_size: int) -> int:
         """Planned peak RSS with chunks of ``chunk_size`` frames."""
@@ -158,20 +186,43 @@ class ChunkPlan:
 
 def plan_chunk_size(*, memory_limit: int | None, baseline_bytes: int, n_frames: int, mean_atoms: float,
                     dimension: int, M: int, itemsize: int, in_flight: int = 1,
-                    chunk_size: int | None = None) -> ChunkPlan:
+                    chunk_size: int | None = None, forces: bool = False,
+                    factor_rows: float = 0.0, gradient_samples: float = _GRADIENT_NEIGHBOURS) -> ChunkPlan:
     """Frames per chunk such that baseline + resident + in_flight × chunk ≤ limit.
 
     Resident: the selection's Ψ (N·M·itemsize) plus ~6 M² float64 (F̃, F̃⁻¹, L, update
     temporaries) plus one 8192-row float64 gain block. Per chunk of c frames with
     a = c·mean_atoms atoms: a·D·8·6 (descriptors) + a·M·8·3 (kernel block) + c·M·8·3
     (rows, whitened rows, written copy).
+
+    With ``forces``: per chunk also a·3·M·8·3 (its force rows: raw, whitened, compressed
+    factors and their written copy) plus, per chunk in flight, the gradient pass over
+    ``gradient_atoms`` atoms at a time (counted as resident): ``gradient_samples`` per
+    atom (neighbours, measured on the first frame) × 3 × (2 D + 4 M) float64 (featomic's
+    gradients and their copy, the kernel-gradient block and its temporaries).
+    ``gradient_atoms`` is :data:`~mlipdoe.model.gap_featomic.DEFAULT_GRADIENT_CHUNK_ATOMS`
+    or, under a limit, what half the free budget holds (at least one frame). Resident
+    also N·``factor_rows``·M·itemsize for the loaded factors, ``factor_rows`` the mean
+    rows per frame (1 + k_s, measured on a store's chunks; 0 before any chunk exists,
+    when the load checks the measured size against the limit itself).
     """
     per_atom = dimension * 8 * _DESCRIPTOR_COPIES + M * 8 * _KERNEL_COPIES
     per_frame = mean_atoms * per_atom + M * 8 * 3
     resident = n_frames * M * itemsize + 6 * M * M * 8 + 2 * min(n_frames, 8192) * M * 8
+    gradient_atoms = None
+    if forces:
+        per_frame += mean_atoms * 3 * M * 8 * _FORCE_COPIES
+        resident += n_frames * float(factor_rows) * M * itemsize
+        per_gradient_atom = float(gradient_samples) * 3 * (2 * dimension + 4 * M) * 8
+        gradient_atoms = DEFAULT_GRADIENT_CHUNK_ATOMS
+        if memory_limit is not None:
+            free = memory_limit - baseline_bytes - resident
+            gradient_atoms = int(min(gradient_atoms, max(np.ceil(mean_atoms), 0.5 * free / (in_flight * per_gradient_atom))))
+        resident += in_flight * min(gradient_atoms, max(n_frames, 1) * mean_atoms) * per_gradient_atom
     if memory_limit is None:
         size = chunk_size or MAX_CHUNK_FRAMES
-        return ChunkPlan(int(size), int(resident), int(size * per_frame), in_flight, None, None, int(baseline_bytes))
+        return ChunkPlan(int(size), int(resident), int(size * per_frame), in_flight, None, None, int(baseline_bytes),
+                         gradient_atoms)
     budget = memory_limit - baseline_bytes - resident
     fit = int(budget // (in_flight * per_frame)) if budget > 0 else 0
     if fit < 1:
@@ -184,7 +235,7 @@ def plan_chunk_size(*, memory_limit: int | None, baseline_bytes: int, n_frames: 
         )
     size = min(fit, chunk_size or MAX_CHUNK_FRAMES, max(n_frames, 1))
     return ChunkPlan(int(size), int(resident), int(size * per_frame), in_flight, int(memory_limit), fit,
-                     int(baseline_bytes))
+                     int(baseline_bytes), gradient_atoms)
 
 
 # ---------------------------------------------------------------------------
@@ -204,8 +255,10 @@ def _descriptor_for(soap: SOAP):
     return cache[soap]
 
 
-def chunk_rows(frames: Sequence[Atoms], soap: SOAP, sparse: SparsePoints, kernel: Kernel, L: np.ndarray) -> dict:
-    """Whitened energy rows and mean-pooled descriptors of one chunk of frames.
+def chunk_rows(frames: Sequence[Atoms], soap: SOAP, sparse: SparsePoints, kernel: Kernel, L: np.ndarray, *,
+               forces: tuple | None = None) -> dict:
+    """Whitened energy rows and mean-pooled descriptors of one chunk of frames (and with
+    ``forces = (information, sigma_force, gradient_atoms)`` its force factors, :func:`chunk_force_factors`).
 
     The rows are the model layer's (:func:`~mlipdoe.model.gap_featomic.chunk_energy_rows`,
     whitened by :func:`~mlipdoe.model.rows.whiten`); the pooled descriptors are the
@@ -236,12 +289,59 @@ def chunk_rows(frames: Sequence[Atoms], soap: SOAP, sparse: SparsePoints, kernel
         counts = np.diff(np.append(starts, len(block.frame)))
         pooled[present, k * D:(k + 1) * D] = segment_sums(block.values, starts, counts) / counts[:, None]
     t2 = time.perf_counter()
-    return {
+    out = {
         "psi": psi,
         "n_atoms": np.array([len(a) for a in frames], dtype=np.int64),
         "mean_descriptor": pooled,
         "seconds_descriptors": t1 - t0,
         "seconds_rows": t2 - t1,
+    }
+    if forces is not None:
+        out.update(chunk_force_factors(frames, soap, sparse, kernel, L, information=forces[0], sigma_force=forces[1],
+                                       gradient_atoms=forces[2]))
+        out["seconds_forces"] = time.perf_counter() - t2
+    return out
+
+
+def chunk_force_factors(frames: Sequence[Atoms], soap: SOAP, sparse: SparsePoints, kernel: Kernel, L: np.ndarray, *,
+                        information: float, sigma_force: float,
+                        gradient_atoms: int = DEFAULT_GRADIENT_CHUNK_ATOMS) -> dict:
+    """Truncated force factors R_s of one chunk of frames (module docstring).
+
+    The force rows are the model layer's (:func:`~mlipdoe.model.gap_featomic.iter_observation_rows`,
+    whitened, not noise-scaled), compressed by :func:`~mlipdoe.model.rows.compress_rows`
+    and cut by :func:`~mlipdoe.model.rows.information_rank` at variance ``sigma_force²``;
+    descriptor gradients are computed ``gradient_atoms`` atoms at a time.
+
+    Returns
+    -------
+    dict with ``force_factors`` (Σ k_s, M) float64, ``force_offsets`` (n + 1,) int64,
+    ``force_singular`` (Σ r_s,) the singular values of every Ψ_F,s (descending; the
+    first k_s are kept), ``singular_offsets`` (n + 1,) and ``force_moment`` (M, M)
+    = Σ_s Ψ_F,sᵀΨ_F,s / (3 n_s) of the chunk (untruncated).
+    """
+    L = np.require(L, requirements="A")
+    M = sparse.n_points
+    factors, singular, ranks, full_ranks = [], [], [], []
+    moment = np.zeros((M, M))
+    rows_of = iter_observation_rows(_descriptor_for(soap), list(frames), sparse=sparse, kernel=kernel, L=L,
+                                    noise=Noise(), observations=("energy", "forces"), max_atoms=int(gradient_atoms))
+    for _, rows in rows_of:
+        f = rows.psi[rows.kind == "force"]
+        R = compress_rows(f)
+        if len(R):
+            moment += R.T @ R / len(f)
+        k = information_rank(R, sigma_force**2, information)
+        factors.append(R[:k])
+        singular.append(np.sqrt(np.einsum("ij,ij->i", R, R)))
+        ranks.append(k)
+        full_ranks.append(len(R))
+    return {
+        "force_factors": np.concatenate(factors) if factors else np.zeros((0, M)),
+        "force_offsets": np.concatenate([[0], np.cumsum(ranks)]).astype(np.int64),
+        "force_singular": np.concatenate(singular) if singular else np.zeros(0),
+        "singular_offsets": np.concatenate([[0], np.cumsum(full_ranks)]).astype(np.int64),
+        "force_moment": moment,
     }
 
 
@@ -290,7 +390,8 @@ class RowStore:
 
     # -- opening -------------------------------------------------------------
     @classmethod
-    def open(cls, path, inputs: dict, *, n_frames: int, chunk_size: int, dtype: str) -> "RowStore":
+    def open(cls, path, inputs: dict, *, n_frames: int, chunk_size: int, dtype: str,
+             gradient_atoms: int | None = None) -> "RowStore":
         """Create the store at ``path`` for ``inputs`` or open the matching existing one.
 
         Raises :class:`StoreMismatchError` if ``path`` holds a store of other inputs,
@@ -328,6 +429,8 @@ class RowStore:
             "inputs": inputs,
             "layout": {"n_frames": int(n_frames), "chunk_size": int(chunk_size), "dtype": dtype},
         }
+        if gradient_atoms is not None:
+            manifest["layout"]["gradient_atoms"] = int(gradient_atoms)
         tmp = _tmp_name(manifest_path)
         tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
         _fsync_replace(tmp, manifest_path)
@@ -354,6 +457,11 @@ class RowStore:
     @property
     def dtype(self) -> np.dtype:
         return np.dtype(self.manifest["layout"]["dtype"])
+
+    @property
+    def gradient_atoms(self) -> int:
+        """Atoms per featomic gradient call in the force rows (fixed at creation: resumes are bit-identical)."""
+        return int(self.manifest["layout"].get("gradient_atoms", DEFAULT_GRADIENT_CHUNK_ATOMS))
 
     @property
     def n_chunks(self) -> int:
@@ -425,6 +533,10 @@ class RowStore:
             h.create_dataset("psi", data=result["psi"].astype(self.dtype, copy=False))
             h.create_dataset("n_atoms", data=result["n_atoms"])
             h.create_dataset("mean_descriptor", data=result["mean_descriptor"].astype(np.float32))
+            if "force_factors" in result:
+                h.create_dataset("force_factors", data=result["force_factors"].astype(self.dtype, copy=False))
+                for name in ("force_offsets", "force_singular", "singular_offsets", "force_moment"):
+                    h.create_dataset(name, data=result[name])
         _fsync_replace(tmp, final)
 
     def _iter_chunk_files(self):
@@ -448,6 +560,60 @@ class RowStore:
             h["psi"].read_direct(psi, dest_sel=np.s_[start:stop])
             n_atoms[start:stop] = h["n_atoms"][()]
         return psi, n_atoms
+
+    @property
+    def has_forces(self) -> bool:
+        return "forces" in self.manifest["inputs"].get("observations", [])
+
+    def force_rank_sum(self) -> tuple[int, int]:
+        """(Σ k_s over the completed chunks, frames in them): the loaded factors' size."""
+        import h5py
+
+        rows = frames = 0
+        for i in self.completed_chunks():
+            with h5py.File(self._chunk_path(i), "r") as h:
+                rows += int(h["force_offsets"][-1])
+                frames += len(h["force_offsets"]) - 1
+        return rows, frames
+
+    def load_factors(self, psi: np.ndarray, energy_scale: np.ndarray, force_scale: np.ndarray) -> dict:
+        """Every frame's factor W_s = [ψ_s·energy_scale_s ; R_s·force_scale_s], stacked.
+
+        Returns a dict with ``blocks`` ((N + Σ k_s) × M, store dtype; frame s owns rows
+        ``offsets[s]:offsets[s + 1]``, its energy row first), ``offsets`` (N + 1,),
+        ``ranks`` k_s (N,), ``full_ranks`` rank of Ψ_F,s (N,), ``retained`` (N,) the share
+        of log det(I + R_sᵀR_s·force_scale_s²) the kept rows hold (from the stored singular
+        values), and ``moment`` Σ_s Ψ_F,sᵀΨ_F,s / (3 n_s) (M × M).
+        """
+        N, M = psi.shape
+        ranks = np.empty(N, dtype=np.int64)
+        full_ranks = np.empty(N, dtype=np.int64)
+        retained = np.empty(N)
+        moment = np.zeros((M, M))
+        chunks = []
+        for start, stop, h in self._iter_chunk_files():
+            off = h["force_offsets"][()]
+            ranks[start:stop] = np.diff(off)
+            sv, soff = h["force_singular"][()], h["singular_offsets"][()]
+            full_ranks[start:stop] = np.diff(soff)
+            moment += h["force_moment"][()]
+            for local in range(stop - start):
+                s = sv[soff[local] : soff[local + 1]]
+                terms = np.log1p((s * force_scale[start + local]) ** 2)
+                total = terms.sum()
+                retained[start + local] = terms[: ranks[start + local]].sum() / total if total > 0 else 1.0
+            chunks.append((start, stop))
+        offsets = np.concatenate([[0], np.cumsum(ranks + 1)]).astype(np.int64)
+        blocks = np.empty((int(offsets[-1]), M), dtype=self.dtype)
+        energy_at = offsets[:-1]
+        blocks[energy_at] = psi * energy_scale[:, None]
+        for (start, stop), (_, _, h) in zip(chunks, self._iter_chunk_files()):
+            R = h["force_factors"][()]
+            owner = np.repeat(np.arange(start, stop), ranks[start:stop])
+            within = np.arange(len(R)) - np.repeat(h["force_offsets"][:-1], ranks[start:stop])
+            blocks[offsets[owner] + 1 + within] = R * force_scale[owner, None]
+        return {"blocks": blocks, "offsets": offsets, "ranks": ranks, "full_ranks": full_ranks,
+                "retained": retained, "moment": moment}
 
     def load_mean_descriptors(self) -> np.ndarray:
         """Mean-pooled descriptors (N, S·D) float32, e.g. for FPS over frames."""
@@ -590,6 +756,7 @@ def build_model_stored(
     soap: SOAP = SOAP(),
     kernel: Kernel = Kernel(),
     noise: Noise = Noise(),
+    observations: Sequence[str] = ("energy",),
     n_sparse=100,
     sparse_method: str = "cur",
     seed: int = 0,
@@ -603,8 +770,10 @@ def build_model_stored(
     n_atoms: Sequence[int] | None = None,
     species: Sequence[int] | None = None,
     progress: Progress = NULL_PROGRESS,
+    force_information: float = DEFAULT_FORCE_INFORMATION,
+    force_sigma: float | None = None,
 ) -> InformationModel:
-    """Whitened energy rows of a large pool through a resumable on-disk store.
+    """Whitened energy rows (and force factors) of a large pool through a resumable on-disk store.
 
     Same model as :func:`mlipdoe.model.gap_featomic.build_model` (energy observations), built
     chunk by chunk: sparse points → K_MM = L Lᵀ → for each chunk of frames,
@@ -628,8 +797,17 @@ def build_model_stored(
     sparse_sample : int or None
         Environments sampled for the sparse-point choice; ``None`` = exact choice over
         the whole pool (two extra streaming passes).
+    observations : ("energy",) or ("energy", "forces")
+        With forces, every frame's truncated force factor is stored too and the model
+        has ``factors`` and ``pool_force_moment`` like the in-memory force model.
+    force_information : float
+        Share of each frame's force information log det(I + R_sᵀR_s/σ_F²) its stored
+        factor keeps (module docstring); 1 = no truncation.
+    force_sigma : float, optional
+        The σ_F floor (eV/Å) the truncation is chosen at: the store serves any noise
+        with every σ_F ≥ it. Default: the smallest force σ of ``noise``.
     dtype : {"float64", "float32"}
-        Storage and in-memory precision of Ψ.
+        Storage and in-memory precision of Ψ (and of the force factors).
     pool_sha256 : str or list of str, optional
         Content hash(es) of the pool (e.g. the pool files' sha256); computed from the
         frames' arrays when omitted.
@@ -643,10 +821,14 @@ def build_model_stored(
     -------
     InformationModel
         ``timings`` holds seconds per stage: ``hash``, ``sparse_points`` (with its
-        sample's descriptors), ``kernel_matrix``, ``descriptors`` and ``rows`` (summed
-        over tasks), ``row_stage`` (wall), ``store_load``, ``build_total``; stages
-        skipped thanks to the store are absent. ``model.store_info`` (dict) holds the
-        store path, key, chunk size, chunks computed in this run and peak RSS.
+        sample's descriptors), ``kernel_matrix``, ``descriptors``, ``rows`` and
+        ``force_rows`` (summed over tasks), ``row_stage`` (wall), ``store_load``,
+        ``build_total``; stages skipped thanks to the store are absent.
+        ``model.store_info`` (dict) holds the store path, key, chunk size, chunks
+        computed in this run and peak RSS; with forces also the mean factor rank
+        ``force_rank_mean`` vs ``force_rows_mean`` (3 n_s), ``force_retained_min`` (the
+        worst frame's kept share of its force information at this noise) and
+        ``factor_bytes`` (the loaded factors).
     """
     t_start = time.perf_counter()
     timings: dict = {}
@@ -658,6 +840,17 @@ def build_model_stored(
         raise InputError("the pool is empty")
     if sparse_method not in ("cur", "fps"):
         raise ConfigurationError(f"unknown sparse-point method {sparse_method!r} (use cur or fps)")
+    observations = check_observations(observations)
+    if "virials" in observations:
+        raise InputError("the store holds energy and force rows: drop virials from the observations "
+                         "(virial designs are computed in memory)")
+    forces = "forces" in observations
+    if forces and not 0 < float(force_information) <= 1:
+        raise ConfigurationError(f"force_information must be in (0, 1], got {force_information}")
+    if forces and force_sigma is None:
+        force_sigma = min([noise.force] + [float(t["force"]) for t in noise.per_config_type.values() if "force" in t])
+    if forces and not float(force_sigma) > 0:
+        raise ConfigurationError(f"force_sigma must be > 0, got {force_sigma}")
     limit = parse_memory(memory_limit)
     soap, pool_species = resolve_species(soap, frames, species=species)
     soap.validate()
@@ -675,26 +868,36 @@ def build_model_stored(
                  "n_frames": N, "n_atoms": n_atoms_total},
         "soap": soap.to_dict(),
         "kernel": kernel.to_dict(),
-        "observations": ["energy"],
+        "observations": list(observations),
         "n_sparse": n_sparse if isinstance(n_sparse, int) else {str(k): int(v) for k, v in dict(n_sparse).items()},
         "sparse_method": sparse_method,
         "sparse_sample": None if exact else int(sparse_sample),
         "seed": int(seed),
         "dtype": dtype,
     }
+    if forces:
+        inputs["force_factors"] = {"information": float(force_information), "sigma_force": float(force_sigma)}
+        inputs = _reuse_force_floor(store, inputs)
+    else:
+        _refuse_other_observations(store, inputs)
 
     client, owned, in_flight = _make_client(scheduler)
     try:
         descriptor = make_descriptor(soap)
-        atom_dimension = descriptor.compute(frames[:1]).dimension
+        first = descriptor.compute(frames[:1], gradients=["positions"] if forces else ())
+        atom_dimension = first.dimension
+        gradient_samples = (sum(len(b.gradients["positions"][1]) for b in first.blocks.values()) / len(frames[0])
+                            if forces else 0.0)
         dimension = len(soap.species) * atom_dimension  # conservative per-atom size for planning
         M_total = (sum(dict(n_sparse).values()) if not isinstance(n_sparse, int) else n_sparse * len(pool_species))
         baseline = current_rss()
         plan = plan_chunk_size(memory_limit=limit, baseline_bytes=baseline, n_frames=N,
                                mean_atoms=n_atoms_total / N, dimension=dimension, M=M_total,
                                itemsize=np.dtype(dtype).itemsize, in_flight=in_flight if client else 1,
-                               chunk_size=chunk_size)
-        rs = RowStore.open(store, inputs, n_frames=N, chunk_size=plan.chunk_size, dtype=dtype)
+                               chunk_size=chunk_size, forces=forces, factor_rows=_stored_factor_rows(store, forces),
+                               gradient_samples=gradient_samples)
+        rs = RowStore.open(store, inputs, n_frames=N, chunk_size=plan.chunk_size, dtype=dtype,
+                           gradient_atoms=plan.gradient_atoms)
         _check_resumable_under(plan, rs)
         cache_limit = 5e8 if limit is None else max(0.0, (limit - baseline - plan.resident_bytes) * 0.5)
 
@@ -726,26 +929,35 @@ def build_model_stored(
         missing = rs.missing_chunks()
         if missing:
             t = time.perf_counter()
-            sec = _run_chunks(rs, missing, frames, soap, sparse, kernel, L, client, in_flight, progress)
+            force_args = (float(inputs["force_factors"]["information"]),
+                          float(inputs["force_factors"]["sigma_force"]), rs.gradient_atoms) if forces else None
+            sec = _run_chunks(rs, missing, frames, soap, sparse, kernel, L, client, in_flight, progress,
+                              forces=force_args)
             timings["row_stage"] = time.perf_counter() - t
-            timings["descriptors"], timings["rows"] = sec
+            timings.update(sec)
     finally:
         _close_client(client, owned)
 
     t = time.perf_counter()
     psi, stored_atoms = rs.load_rows(sparse.n_points)
-    timings["store_load"] = time.perf_counter() - t
     if not np.array_equal(stored_atoms, n_atoms):
         raise StoreMismatchError(f"store {store} does not match the frames' atom counts; delete it and rebuild")
+    energy_variance = noise.energy_variance(n_atoms, config_types)
+    loaded = _load_force_factors(rs, psi, energy_variance, noise, config_types, limit) if forces else None
+    timings["store_load"] = time.perf_counter() - t
     timings["build_total"] = time.perf_counter() - t_start
     model = InformationModel(
-        soap=soap, kernel=kernel, noise=noise, observations=("energy",), sparse=sparse,
+        soap=soap, kernel=kernel, noise=noise, observations=observations, sparse=sparse,
         sparse_method=sparse_method, seed=int(seed), psi=psi, n_atoms=n_atoms,
-        energy_variance=noise.energy_variance(n_atoms, config_types), L=L, jitter=jitter, timings=timings,
+        energy_variance=energy_variance, L=L, jitter=jitter, timings=timings,
         config_types=list(config_types) if config_types is not None else None,
         notes=sparse_point_notes(sparse, n_sparse, sampled_environments=None if exact else int(sparse_sample),
                                  pool_environments=n_atoms_total),
     )
+    if loaded is not None:
+        blocks, offsets = loaded["blocks"], loaded["offsets"]
+        model.factors = [blocks[offsets[s] : offsets[s + 1]] for s in range(N)]
+        model.pool_force_moment = loaded["moment"] / N
     # facts about the store run (not seconds, so not in ``timings``)
     model.store_info = {
         "path": str(rs.path), "key": rs.manifest["key"], "chunk_size": rs.chunk_size, "n_chunks": rs.n_chunks,
@@ -753,7 +965,84 @@ def build_model_stored(
         "memory_limit_bytes": limit, "planned_resident_bytes": plan.resident_bytes,
         "planned_chunk_bytes": plan.per_chunk_bytes, "sparse_sample": inputs["sparse_sample"],
     }
+    if forces:
+        model.store_info["gradient_atoms"] = rs.gradient_atoms
+    if loaded is not None:
+        model.store_info.update({
+            "force_information": inputs["force_factors"]["information"],
+            "force_sigma": inputs["force_factors"]["sigma_force"],
+            "force_rank_mean": float(loaded["ranks"].mean()), "force_rows_mean": float(3 * n_atoms.mean()),
+            "force_full_rank_mean": float(loaded["full_ranks"].mean()),
+            "force_retained_min": float(loaded["retained"].min()),
+            "force_retained_worst_frame": int(loaded["retained"].argmin()),
+            "factor_bytes": int(loaded["blocks"].nbytes),
+        })
     return model
+
+
+def _stored_manifest_inputs(store) -> dict | None:
+    path = Path(store) / "manifest.json"
+    if not path.exists():
+        return None
+    try:
+        return json.loads(path.read_text()).get("inputs", {})
+    except (OSError, ValueError):
+        return None  # RowStore.open reports it
+
+
+def _refuse_other_observations(store, inputs: dict) -> None:
+    """One line when ``store`` holds other observations than requested (never reused for them)."""
+    stored = _stored_manifest_inputs(store)
+    have = None if stored is None else stored.get("observations")
+    if have is not None and list(have) != list(inputs["observations"]):
+        raise StoreMismatchError(
+            f"store {store} holds {'+'.join(have)} rows, the request observes {'+'.join(inputs['observations'])}; "
+            f"use another --store directory for it (or delete this one)")
+
+
+def _reuse_force_floor(store, inputs: dict) -> dict:
+    """``inputs`` with the stored σ_F floor when that store serves the request (floor ≤ its σ_F).
+
+    A force factor truncated at σ_F keeps its share for every larger σ_F, so the store
+    of a lower floor is reused; one truncated at a higher floor is refused.
+    """
+    _refuse_other_observations(store, inputs)
+    stored = _stored_manifest_inputs(store)
+    old = (stored or {}).get("force_factors")
+    new = inputs["force_factors"]
+    if not old or old.get("information") != new["information"]:
+        return inputs
+    if float(old["sigma_force"]) > new["sigma_force"]:
+        raise StoreMismatchError(
+            f"store {store} keeps {new['information']:g} of each frame's force information for σ_F ≥ "
+            f"{old['sigma_force']:g} eV/Å, the request has σ_F = {new['sigma_force']:g}; use another --store "
+            f"directory for the smaller σ_F (or delete this one)")
+    return dict(inputs, force_factors=dict(new, sigma_force=float(old["sigma_force"])))
+
+
+def _stored_factor_rows(store, forces: bool) -> float:
+    """Mean rows per frame (1 + k_s) of a force store's completed chunks (0 if none)."""
+    if not forces or _stored_manifest_inputs(store) is None:
+        return 0.0
+    try:
+        rows, n = open_store(store).force_rank_sum()
+    except (OSError, KeyError, InputError):
+        return 0.0
+    return 1.0 + rows / n if n else 0.0
+
+
+def _load_force_factors(rs: RowStore, psi, energy_variance, noise: Noise, config_types, limit) -> dict:
+    """The factors of a complete force store, after checking they fit ``limit``."""
+    rows, n = rs.force_rank_sum()
+    need = (rows + n) * psi.shape[1] * psi.dtype.itemsize
+    if limit is not None and current_rss() + need > limit:
+        raise ConfigurationError(
+            f"the force factors need {need / 1e9:.3g} GB ({rows / max(n, 1):.1f} rows per frame of M = "
+            f"{psi.shape[1]}) on top of {current_rss() / 1e9:.3g} GB in use, over the memory limit "
+            f"{limit / 1e9:.3g} GB; raise --memory-limit, use dtype float32 or a lower force_information")
+    cts = config_types if config_types is not None else [None] * len(psi)
+    force_scale = np.array([1.0 / noise.sigma("force", ct) for ct in cts])
+    return rs.load_factors(psi, 1.0 / np.sqrt(energy_variance), force_scale)
 
 
 def _check_resumable_under(plan: ChunkPlan, rs: "RowStore") -> None:
@@ -773,23 +1062,25 @@ def _check_resumable_under(plan: ChunkPlan, rs: "RowStore") -> None:
     )
 
 
-def _run_chunks(rs: RowStore, indices, frames, soap, sparse, kernel, L, client, in_flight, progress):
-    """Compute and write the chunks ``indices``; returns summed (descriptor, row) seconds."""
+def _run_chunks(rs: RowStore, indices, frames, soap, sparse, kernel, L, client, in_flight, progress, *,
+                forces=None) -> dict:
+    """Compute and write the chunks ``indices``; returns summed seconds per stage of the tasks."""
     n_frames_todo = sum(rs.chunk_range(i)[1] - rs.chunk_range(i)[0] for i in indices)
-    sec_desc = sec_rows = 0.0
+    seconds = {"descriptors": 0.0, "rows": 0.0}
+    if forces is not None:
+        seconds["force_rows"] = 0.0
     with progress.stage("rows", n_frames_todo) as advance:
         def done(index, result):
-            nonlocal sec_desc, sec_rows
             rs.write_chunk(index, result)
-            sec_desc += result["seconds_descriptors"]
-            sec_rows += result["seconds_rows"]
+            for name in seconds:
+                seconds[name] += result[f"seconds_{'forces' if name == 'force_rows' else name}"]
             advance(len(result["psi"]), int(result["n_atoms"].sum()))
 
         if client is None:
             for i in indices:
                 a, b = rs.chunk_range(i)
-                done(i, chunk_rows(frames[a:b], soap, sparse, kernel, L))
-            return sec_desc, sec_rows
+                done(i, chunk_rows(frames[a:b], soap, sparse, kernel, L, forces=forces))
+            return seconds
 
         from dask.distributed import as_completed
 
@@ -800,7 +1091,7 @@ def _run_chunks(rs: RowStore, indices, frames, soap, sparse, kernel, L, client, 
         def submit(i):
             a, b = rs.chunk_range(i)
             fut = client.submit(chunk_rows, list(frames[a:b]), *shared, key=f"mlipdoe-rows-{rs.manifest['key'][:12]}-{i}",
-                                pure=False)
+                                pure=False, forces=forces)
             futures[fut] = i
             return fut
 
@@ -814,7 +1105,7 @@ def _run_chunks(rs: RowStore, indices, frames, soap, sparse, kernel, L, client, 
             if next_i < len(todo):
                 queue.add(submit(todo[next_i]))
                 next_i += 1
-    return sec_desc, sec_rows
+    return seconds
 
 
 def open_store(path) -> RowStore:
@@ -831,6 +1122,7 @@ __all__ = [
     "RowStore",
     "build_model_stored",
     "choose_sparse_sampled",
+    "chunk_force_factors",
     "chunk_rows",
     "current_rss",
     "frames_sha256",

@@ -196,12 +196,13 @@ def _pool_and_model(paths, config, *, store, memory_limit, scheduler, sparse_sam
     if config.model.gap is not None or config.model.linear is not None:
         raise InputError("--store holds featomic rows; a design on --gap-fit-args, --model snap or --features-key "
                          "is computed in memory: drop --store")
-    if config.model.observations != ("energy",):
-        raise InputError("--store holds energy rows only; use --observe energy with --store")
+    if "virials" in config.model.observations:
+        raise InputError("--store holds energy and force rows; drop virials from --observe with --store")
     frames = read_pool_indexed(paths, Path(store) / POOL_INDEX, progress=progress)  # warm: no parsing
     m = config.model
     built = build_model_stored(
-        frames.frames, store=store, soap=m.soap, kernel=m.kernel, noise=m.noise, n_sparse=m.n_sparse,
+        frames.frames, store=store, soap=m.soap, kernel=m.kernel, noise=m.noise, observations=m.observations,
+        n_sparse=m.n_sparse,
         sparse_method=m.sparse_method, seed=m.seed, memory_limit=memory_limit, scheduler=scheduler,
         sparse_sample=sparse_sample or None, config_types=frames.config_types,
         pool_sha256=[f.sha256 for f in frames.files], n_atoms=frames.n_atoms, species=frames.species,

@@ -136,6 +136,28 @@ def compress_rows(W: np.ndarray, rtol: float = COMPRESSION_RTOL) -> np.ndarray:
     return np.ascontiguousarray(s[keep, None] * vt[keep])
 
 
+def information_rank(factor: np.ndarray, variance: float, fraction: float) -> int:
+    """Leading rows of a compressed factor keeping ``fraction`` of its information.
+
+    ``factor`` is a :func:`compress_rows` output R (k × M, rows S Vᵀ, singular values
+    s_j = |row j| descending). With noise variance σ² its information is
+    log det(I + RᵀR/σ²) = Σ_j log(1 + s_j²/σ²); the smallest k' whose leading terms hold
+    ``fraction`` of that sum is returned (``fraction`` ≥ 1: all k rows).
+
+    The kept share only grows with σ (each term's ratio to a smaller one decreases in
+    1/σ²), so a rank chosen at σ keeps at least ``fraction`` for every σ' ≥ σ; and by
+    concavity of log det, dropping rows of R loses no more from a larger block
+    (the frame's energy row, a design's F̃) than from R alone.
+    """
+    if len(factor) == 0 or fraction >= 1.0:
+        return len(factor)
+    terms = np.log1p(np.einsum("ij,ij->i", factor, factor) / variance)
+    total = terms.sum()
+    if total <= 0:
+        return 0
+    return min(int(np.searchsorted(np.cumsum(terms), fraction * total)) + 1, len(factor))
+
+
 def force_moment(rows: ObservationRows) -> np.ndarray:
     """Factor B (k × M) with BᵀB = Ψ_Fᵀ Ψ_F / (3n): mean force variance = tr(B C Bᵀ).
 
