@@ -124,3 +124,19 @@ def test_generate_and_demo(tmp_path):
     for name in ("pool.xyz", "train.xyz", "design.json", "gain_curve.png"):
         assert (tmp_path / "demo" / name).stat().st_size > 0
     assert len(read(tmp_path / "demo" / "train.xyz", index=":")) == 5
+
+
+def test_default_design_is_i_on_energy_and_force_rows(tmp_path, pool_file):
+    """No --criterion and no --observe: the evidence-backed default (i, energy + force rows), said
+    on stdout and kept in the record; --criterion alone keeps energy rows."""
+    import json
+
+    proc = run_cli("select", pool_file, "-n", "3", "-o", tmp_path / "t.xyz", "--record", tmp_path / "d.json", *SMALL)
+    assert proc.returncode == 0, proc.stderr
+    assert "default design: i-optimal on energy + force rows" in proc.stdout
+    rec = json.loads((tmp_path / "d.json").read_text())
+    assert rec["criterion"] == "i" and rec["observations"] == ["energy", "forces"]
+    proc = run_cli("select", pool_file, "-n", "3", "--criterion", "i", "-o", tmp_path / "e.xyz", "--record",
+                   tmp_path / "e.json", *SMALL)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((tmp_path / "e.json").read_text())["observations"] == ["energy"]

@@ -270,8 +270,8 @@ def test_criterion_is_case_insensitive(files, tmp_path):
 ])
 def test_select_refuses_options_it_would_ignore(files, tmp_path, extra, message):
     extra = [str(files / "pool.xyz") if e == "POOL" else e for e in extra]
-    code, _, err = cli("select", files / "pool.xyz", "-n", "3", "-o", tmp_path / "t.xyz", "--record",
-                       tmp_path / "d.json", *extra, *SMALL)
+    code, _, err = cli("select", files / "pool.xyz", "-n", "3", "--criterion", "d", "-o", tmp_path / "t.xyz",
+                       "--record", tmp_path / "d.json", *extra, *SMALL)
     assert_one_line_error(code, err, contains=message)
     assert not list(tmp_path.iterdir())
 

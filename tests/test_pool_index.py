@@ -108,7 +108,7 @@ def test_warm_store_selection_parses_only_the_picks(tmp_path):
     pool_file = tmp_path / "pool.xyz"
     ase.io.write(pool_file, zr_example(40, seed=2), format="extxyz")
     store = tmp_path / "rows.store"
-    args = ["select", pool_file, "-n", "6", "--store", store, "--n-sparse", "12", "--n-max", "4", "--l-max", "3",
+    args = ["select", pool_file, "-n", "6", "--criterion", "d", "--store", store, "--n-sparse", "12", "--n-max", "4", "--l-max", "3",
             "--soap-cutoff", "4.5", "-q"]
     cold = run_cli(*args, "-o", tmp_path / "cold.xyz", "--record", tmp_path / "cold.json")
     assert cold.returncode == 0, cold.stderr

@@ -491,15 +491,16 @@ def summary_markdown(result: BenchmarkResult, *, title: str = "", command: str =
             ref_n = reference_budget(result)
             lines += [f"**{test_set}: data-efficiency ratio{_variant_title(variant)}** — DFT atoms random needs for "
                       f"its median error at n = {ref_n} ({100 * ref_n / result.n_pool:.0f} %), over the atoms the "
-                      "strategy needs (log–log interpolation; ≥: already better at the smallest budget; <: never "
+                      "strategy needs (and the same in Σ n³, the cost of plane-wave DFT) (log–log interpolation; ≥: already better at the smallest budget; <: never "
                       "reached within the budgets)", "",
                       "| | " + " | ".join(strategies) + " |", "|---|" + "---|" * len(strategies)]
-            for key, unit, _, _ in metrics:
-                cells = []
-                for s in strategies:
-                    rel, ratio = data_efficiency(result, s, key, test_set=test_set, variant=variant)
-                    cells.append("" if np.isnan(ratio) else f"{'' if rel == '=' else rel}{ratio:.2f}")
-                lines.append(f"| {key.split('_')[0]} | " + " | ".join(cells) + " |")
+            for cost, cost_name in (("n_atoms", "atoms"), ("cost3", "Σ n³")):
+                for key, unit, _, _ in metrics:
+                    cells = []
+                    for s in strategies:
+                        rel, ratio = data_efficiency(result, s, key, test_set=test_set, variant=variant, cost=cost)
+                        cells.append("" if np.isnan(ratio) else f"{'' if rel == '=' else rel}{ratio:.2f}")
+                    lines.append(f"| {key.split('_')[0]} ({cost_name}) | " + " | ".join(cells) + " |")
             lines.append("")
     # DFT cost of each design: atoms, and Σ n³ (the cost of plane-wave DFT grows ~ n³)
     t0, v0 = result.test_sets[0], variants_run(result)[0]

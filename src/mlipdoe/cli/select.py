@@ -102,8 +102,12 @@ def select(
     cost_power: float = typer.Option(3.0, "--cost-power", help="With --budget-cost: p in cost(s) = n_s^p."),
     output: Path = typer.Option(Path("train.xyz"), "-o", "--output", help="extxyz file of the selected frames."),
     record: Path = typer.Option(Path("design.json"), "--record", help="Design record (JSON) to write."),
-    criterion: str = typer.Option(
-        "d", help="d, a, i, g, e, maximin, random, fps, cur or quests (all maximised; any case, e.g. D)."),
+    criterion: Optional[str] = typer.Option(
+        None, help="d, a, i, g, e, maximin, random, fps, cur or quests (all maximised; any case, e.g. D). Default, "
+        "with no --observe either: i on energy + force rows, the measured best with gap_fit training "
+        "(docs/benchmarks.md: test energy error 2-4x below random's median at 5-20 % of the pool on Cu, Ni, Mo, "
+        "Li and Zr, ties to small wins on forces); energy rows for --features-key and --store. With "
+        "--criterion alone: energy rows."),
     optimizer: str = typer.Option("greedy", help="greedy (lazy for d) or exchange (greedy + Fedorov exchange)."),
     restarts: int = typer.Option(0, help="With --optimizer exchange: random restarts."),
     max_iter: int = typer.Option(100, "--max-iter", help="With --optimizer exchange: most swaps per run."),
@@ -136,6 +140,17 @@ def select(
     from ..atomic import check_output
     from ..hypers import DesignConfig
 
+    default_note = None
+    if criterion is None:
+        criterion = "i"
+        if "--observe" not in model.given and model.values.get("features_key") is None and store is None:
+            model.values["observe"] = "energy,forces"
+            default_note = "default design: i-optimal on energy + force rows (docs/benchmarks.md)"
+        elif store is not None and "--observe" not in model.given:
+            default_note = ("default criterion: i, on energy rows with --store (force factors of a large pool "
+                            "take ~145 kB per frame: ask for them with --observe energy,forces)")
+        else:
+            default_note = "default criterion: i"
     _check_select_options(ctx, model, criterion=criterion.strip().lower(), optimizer=optimizer.strip().lower(),
                           store=store, budget_cost=budget_cost, existing=existing)
     config = DesignConfig(
@@ -165,6 +180,8 @@ def select(
             write_gap_fit_inputs(result.model, tmp, referenced_from=Path(export).resolve())
     _print_picks(result)
     print_notes(result.record)
+    if default_note is not None:
+        out.print(f"note: {default_note}")
     details = result.extra
     if details.get("lazy"):
         out.print(f"lazy greedy: {details['n_gain_evaluations']} gain evaluations "
