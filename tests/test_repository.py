@@ -20,6 +20,7 @@ DISTRIBUTION = {
     "numpy": "numpy", "scipy": "scipy", "ase": "ase", "featomic": "featomic", "metatensor": "metatensor-core",
     "typer": "typer", "rich": "rich", "matplotlib": "matplotlib", "h5py": "h5py", "threadpoolctl": "threadpoolctl",
     "jsonschema": "jsonschema", "quippy": "quippy-ase", "dask": "dask", "skmatter": "skmatter", "pytest": "pytest",
+    "quests": "quests",
 }
 
 
@@ -78,7 +79,7 @@ def test_dependencies_declared_as_used():
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     runtime = requirement_names(project["dependencies"])
     extras = {k: requirement_names(v) for k, v in project["optional-dependencies"].items()}
-    optional = {"quippy-ase": "gap", "dask": "dask"}  # imported lazily, only by the features needing them
+    optional = {"quippy-ase": "gap", "dask": "dask", "quests": "baselines"}  # imported lazily, only by the features needing them
     used = third_party_imports(ROOT / "src")
     unknown = used - set(DISTRIBUTION)
     assert not unknown, f"imports with no known distribution: {sorted(unknown)}"
