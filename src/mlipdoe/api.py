@@ -248,8 +248,9 @@ def select(pool, *, n: int | None = None, criterion: str = "d", optimizer: str =
     target : Pool, list of Atoms or path, optional
         Where the potential will be used (criteria ``i`` and ``g``; default the pool).
     target_observable : {"energy", "forces", "energy,forces"}
-        What ``i`` averages over the target: the per-atom energy variance (default) or
-        the mean force-component variance tr(C A), A = mean_t B_tᵀB_t (docs/forces.md).
+        What ``i`` averages over the target: the per-atom energy variance (default),
+        the mean force-component variance tr(C A), A = mean_t B_tᵀB_t (docs/forces.md), or
+        their sum in units of the noise, v_E/σ_E² + v_F/σ_F² (:func:`target_moment`).
     existing : Pool, list of Atoms or path, optional
         A training set already computed: its rows enter F(S) first, never removed.
     include, exclude : sequences of int (pool index) or str (config_type)
