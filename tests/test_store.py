@@ -632,3 +632,154 @@ def test_cli_select_from_a_force_store_end_to_end(tmp_path):
     assert model.store_info["chunks_computed"] == 0
     want = greedy(IOptimal().initialize(model), 4, available=np.ones(len(model.psi), bool)).selected
     assert records[0]["selected"] == want
+
+
+# ------------------------------------------------------------------ force factors on a Dask cluster
+
+FORCE_DATASETS = ("psi", "n_atoms", "force_factors", "force_offsets", "force_singular", "singular_offsets",
+                  "force_moment")
+
+
+def _chunk_arrays(path):
+    """Every chunk file's energy rows and force-factor datasets, in chunk order."""
+    import h5py
+
+    rs = open_store(path)
+    assert rs.complete
+    out = []
+    for i in range(rs.n_chunks):
+        with h5py.File(rs._chunk_path(i), "r") as h:
+            out.append({name: h[name][()] for name in FORCE_DATASETS})
+    return out
+
+
+def _assert_same_chunks(got, want):
+    assert len(got) == len(want) > 1
+    for i, (a, b) in enumerate(zip(got, want)):
+        for name in FORCE_DATASETS:
+            assert a[name].dtype == b[name].dtype and np.array_equal(a[name], b[name]), (i, name)
+
+
+@contextmanager
+def _external_dask_cluster(tmp_path, n_workers=2):
+    """A scheduler and ``n_workers`` single-thread workers started as separate programs on
+    localhost (as on a real cluster); yields the scheduler address, stops them on exit."""
+    from dask.distributed import Client
+
+    sched_file = tmp_path / "scheduler.json"
+    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                               "--port", "0", "--no-dashboard", "--scheduler-file", str(sched_file)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    try:
+        address, deadline = None, time.time() + 60
+        while address is None and time.time() < deadline:
+            try:
+                address = json.loads(sched_file.read_text())["address"]
+            except (OSError, ValueError, KeyError):  # not written yet, or half written
+                time.sleep(0.1)
+        assert address, "the Dask scheduler did not start"
+        procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file",
+                                       str(sched_file), "--nworkers", str(n_workers), "--nthreads", "1",
+                                       "--no-dashboard"],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        with Client(address, timeout=60) as client:
+            client.wait_for_workers(n_workers, timeout=60)
+            pids = set(client.run(os.getpid).values())
+            assert len(pids) == n_workers and os.getpid() not in pids
+        yield address
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in reversed(procs):
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout=30)
+
+
+def _rows_tasks_run(address) -> int:
+    """How many ``mlipdoe-rows`` tasks the scheduler at ``address`` has seen finish."""
+    from dask.distributed import Client
+
+    def count(dask_scheduler):
+        prefix = dask_scheduler.task_prefixes.get("mlipdoe-rows")
+        return 0 if prefix is None else int(prefix.state_counts["memory"])
+
+    with Client(address, timeout=60) as client:
+        return client.run_on_scheduler(count)
+
+
+def test_chunk_force_factors_are_bit_identical_for_unaligned_inputs(frames, force_reference):
+    import copy
+
+    from mlipdoe.store import chunk_rows
+
+    m = force_reference
+    chunk = frames[35:40]
+    forces = (0.999, m.store_info["force_sigma"], 1000)
+    expected = chunk_rows(chunk, m.soap, m.sparse, m.kernel, m.L, forces=forces)
+    sparse = copy.copy(m.sparse)
+    sparse.vectors = {z: _unaligned(v) for z, v in m.sparse.vectors.items()}
+    got = chunk_rows(chunk, m.soap, sparse, m.kernel, _unaligned(m.L), forces=forces)
+    for name in FORCE_DATASETS:
+        assert np.array_equal(got[name], expected[name]), name
+
+
+def test_force_store_on_an_external_dask_cluster_matches_serial(frames, force_reference, tmp_path):
+    """Energy + force rows on a scheduler and two worker processes started as separate programs,
+    by `build_model_stored(scheduler="tcp://…")` and by `mlipdoe store build --observe energy,forces
+    --scheduler tcp://…`: every chunk's rows and force factors are the serial ones, bit for bit,
+    and `mlipdoe select --store` picks the same frames from either store."""
+    pytest.importorskip("dask.distributed")
+    from conftest import run_cli
+    from mlipdoe.generate import write_frames
+
+    pool = tmp_path / "pool.xyz"
+    write_frames(zr_example(20, seed=1), pool)
+    small = ["--n-sparse", "8", "--n-max", "4", "--l-max", "3", "--sparse-sample", "0", "-q"]
+    build = ["store", "build", pool, "--observe", "energy,forces", "--chunk-size", "5", *small]
+    with _external_dask_cluster(tmp_path) as address:
+        assert address.startswith("tcp://127.0.0.1:")
+        model = build_model_stored(frames, store=tmp_path / "api", sparse_sample=None, observations=FORCES,
+                                   scheduler=address, **OPTS)
+        n_api = open_store(tmp_path / "api").n_chunks
+        assert model.store_info["chunks_computed"] == n_api == 6
+        assert _rows_tasks_run(address) == n_api  # every chunk was a task on this cluster
+        remote = run_cli(*build, "--store", tmp_path / "remote", "--scheduler", address)
+        assert remote.returncode == 0, remote.stderr
+        assert _rows_tasks_run(address) == n_api + open_store(tmp_path / "remote").n_chunks
+
+    # build_model_stored: chunk files and the loaded model equal the serial store's
+    _assert_same_chunks(_chunk_arrays(tmp_path / "api"), _chunk_arrays(force_reference.store_info["path"]))
+    assert np.array_equal(model.psi, force_reference.psi)
+    assert np.array_equal(model.pool_force_moment, force_reference.pool_force_moment)
+    assert len(model.factors) == len(force_reference.factors) == len(frames)
+    assert all(np.array_equal(a, b) for a, b in zip(model.factors, force_reference.factors))
+
+    # the CLI: the remote store equals a serial build of the same pool
+    serial = run_cli(*build, "--store", tmp_path / "serial")
+    assert serial.returncode == 0, serial.stderr
+    _assert_same_chunks(_chunk_arrays(tmp_path / "remote"), _chunk_arrays(tmp_path / "serial"))
+    from mlipdoe.pool_index import POOL_INDEX, read_pool_indexed
+
+    loaded = []
+    for name in ("remote", "serial"):
+        indexed = read_pool_indexed([str(pool)], tmp_path / name / POOL_INDEX)
+        loaded.append(build_model_stored(indexed.frames, store=tmp_path / name, soap=SOAP(n_max=4, l_max=3),
+                                         n_sparse=8, observations=FORCES, config_types=indexed.config_types,
+                                         pool_sha256=[f.sha256 for f in indexed.files]))
+    assert all(m.store_info["chunks_computed"] == 0 for m in loaded)
+    assert np.array_equal(loaded[0].psi, loaded[1].psi)
+    assert np.array_equal(loaded[0].pool_force_moment, loaded[1].pool_force_moment)
+    assert all(np.array_equal(a, b) for a, b in zip(loaded[0].factors, loaded[1].factors))
+
+    records = []
+    for name in ("remote", "serial"):
+        picked = run_cli("select", pool, "--store", tmp_path / name, "--observe", "energy,forces", "--criterion",
+                         "d", "-n", "5", "-o", tmp_path / f"{name}.xyz", "--record", tmp_path / f"{name}.json",
+                         *small)
+        assert picked.returncode == 0, picked.stderr
+        records.append(json.loads((tmp_path / f"{name}.json").read_text()))
+    assert all(r["store"]["chunks_computed"] == 0 for r in records)  # the stores were reused, not rebuilt
+    assert len(records[0]["selected"]) == 5 and records[0]["selected"] == records[1]["selected"]
