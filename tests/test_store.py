@@ -164,7 +164,7 @@ def test_integral_float_inputs_reuse_the_store_and_old_formats_are_refused(frame
     old = Path(path).parent / "old"
     old.mkdir()
     (old / "manifest.json").write_text(json.dumps(dict(manifest, format=1)))
-    with pytest.raises(StoreMismatchError, match="has format 1, this mlipdoe writes format 2"):
+    with pytest.raises(StoreMismatchError, match="has format 1, this mlipdoe writes format 3"):
         build_model_stored(frames, store=old, sparse_sample=None, **OPTS)
 
 
@@ -290,7 +290,7 @@ def test_cli_store_build_on_an_external_dask_cluster(tmp_path):
 
 
 def test_unknown_scheduler_is_refused(frames, tmp_path):
-    with pytest.raises(ConfigurationError, match="scheduler must be serial, local or an address"):
+    with pytest.raises(ConfigurationError, match="scheduler must be serial, local, processes or an address"):
         build_model_stored(frames, store=tmp_path / "s", scheduler="yarn", **OPTS)
 
 
@@ -585,7 +585,7 @@ def test_plan_counts_the_force_working_set():
     forces = plan_chunk_size(**args, forces=True, factor_rows=60, gradient_samples=40)
     per_frame = 32 * 3 * 300 * 8 * 3
     assert forces.per_chunk_bytes - energy.per_chunk_bytes == 100 * per_frame
-    per_gradient_atom = 40 * 3 * (2 * 400 + 4 * 300) * 8
+    per_gradient_atom = 40 * 3 * (4 * 400 + 4 * 300) * 8
     assert forces.gradient_atoms == 1000
     assert forces.resident_bytes - energy.resident_bytes == 10_000 * 60 * 300 * 8 + 1000 * per_gradient_atom
     # a limit that binds: fewer atoms per gradient call and smaller chunks, the plan under it
@@ -783,3 +783,15 @@ def test_force_store_on_an_external_dask_cluster_matches_serial(frames, force_re
         records.append(json.loads((tmp_path / f"{name}.json").read_text()))
     assert all(r["store"]["chunks_computed"] == 0 for r in records)  # the stores were reused, not rebuilt
     assert len(records[0]["selected"]) == 5 and records[0]["selected"] == records[1]["selected"]
+
+
+def test_force_store_on_local_worker_processes_matches_serial(frames, force_reference, tmp_path):
+    """scheduler="processes": one single-threaded Dask worker process per core gives the
+    serial rows and force factors bit for bit."""
+    pytest.importorskip("dask.distributed")
+    model = build_model_stored(frames, store=tmp_path / "p", sparse_sample=None, observations=FORCES,
+                               scheduler="processes", **OPTS)
+    assert model.store_info["chunks_computed"] == open_store(tmp_path / "p").n_chunks
+    _assert_same_chunks(_chunk_arrays(tmp_path / "p"), _chunk_arrays(force_reference.store_info["path"]))
+    assert all(np.array_equal(a, b) for a, b in zip(model.factors, force_reference.factors))
+

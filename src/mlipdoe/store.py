@@ -99,7 +99,7 @@ from .model.rows import compress_rows, information_rank, whiten
 from .pool import frames_sha256
 from .progress import NULL_PROGRESS, Progress
 
-STORE_FORMAT = 2  # 2: integral floats canonicalised in the key
+STORE_FORMAT = 3  # 2: integral floats canonicalised in the key; 3: independent power-spectrum components
 #: featomic is fastest on chunks of ~100 frames; larger chunks only cost memory.
 MAX_CHUNK_FRAMES = 100
 #: Default number of environments sampled for the sparse-point choice.
@@ -198,8 +198,9 @@ def plan_chunk_size(*, memory_limit: int | None, baseline_bytes: int, n_frames: 
     With ``forces``: per chunk also a·3·M·8·3 (its force rows: raw, whitened, compressed
     factors and their written copy) plus, per chunk in flight, the gradient pass over
     ``gradient_atoms`` atoms at a time (counted as resident): ``gradient_samples`` per
-    atom (neighbours, measured on the first frame) × 3 × (2 D + 4 M) float64 (featomic's
-    gradients and their copy, the kernel-gradient block and its temporaries).
+    atom (neighbours, measured on the first frame) × 3 × (4 D + 4 M) float64 (featomic's
+    gradients of two calls — the next is computed while this one's rows are formed — and
+    their merged copies, the kernel-gradient block and its temporaries).
     ``gradient_atoms`` is :data:`~mlipdoe.model.gap_featomic.DEFAULT_GRADIENT_CHUNK_ATOMS`
     or, under a limit, what half the free budget holds (at least one frame). Resident
     also N·``factor_rows``·M·itemsize for the loaded factors, ``factor_rows`` the mean
@@ -213,7 +214,7 @@ def plan_chunk_size(*, memory_limit: int | None, baseline_bytes: int, n_frames: 
     if forces:
         per_frame += mean_atoms * 3 * M * 8 * _FORCE_COPIES
         resident += n_frames * float(factor_rows) * M * itemsize
-        per_gradient_atom = float(gradient_samples) * 3 * (2 * dimension + 4 * M) * 8
+        per_gradient_atom = float(gradient_samples) * 3 * (4 * dimension + 4 * M) * 8
         gradient_atoms = DEFAULT_GRADIENT_CHUNK_ATOMS
         if memory_limit is not None:
             free = memory_limit - baseline_bytes - resident
@@ -726,13 +727,21 @@ def _make_client(scheduler):
         cluster = LocalCluster(n_workers=1, threads_per_worker=os.cpu_count() or 1, processes=False,
                                dashboard_address=None)
         client, owned = Client(cluster), True
+    elif scheduler == "processes":
+        # one single-threaded worker process per core: featomic, BLAS and OpenMP each get one
+        # thread there (set before the worker imports them), so chunks run side by side
+        one = {name: "1" for name in ("RAYON_NUM_THREADS", "OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+        cluster = LocalCluster(n_workers=os.cpu_count() or 1, threads_per_worker=1, processes=True,
+                               dashboard_address=None, env=one)
+        client, owned = Client(cluster), True
     elif isinstance(scheduler, str) and re.match(r"^(tcp|tls|inproc|ucx)://", scheduler):
         try:
             client, owned = Client(scheduler, timeout="20s"), True
         except OSError as exc:
             raise InputError(f"cannot connect to the Dask scheduler {scheduler}: {exc}") from None
     else:
-        raise ConfigurationError(f"scheduler must be serial, local or an address like tcp://host:8786, got {scheduler!r}")
+        raise ConfigurationError("scheduler must be serial, local, processes or an address like tcp://host:8786, "
+                                 f"got {scheduler!r}")
     threads = sum(client.nthreads().values()) or 1
     return client, owned, 2 * threads
 
@@ -791,9 +800,10 @@ def build_model_stored(
         store creation: a resumed store keeps its own.
     memory_limit : int or str, optional
         Peak RSS cap for this process, e.g. ``"4GB"`` (:func:`plan_chunk_size`).
-    scheduler : None, "serial", "local", "tcp://host:port" or dask.distributed.Client
-        Where the descriptor + row tasks (one per chunk) run. Results are identical
-        to the serial path.
+    scheduler : None, "serial", "local", "processes", "tcp://host:port" or dask.distributed.Client
+        Where the descriptor + row tasks (one per chunk) run: "local" is one Dask worker
+        with a thread per core, "processes" one single-threaded Dask worker process per
+        core. Results are identical to the serial path.
     sparse_sample : int or None
         Environments sampled for the sparse-point choice; ``None`` = exact choice over
         the whole pool (two extra streaming passes).

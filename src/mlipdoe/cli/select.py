@@ -126,7 +126,7 @@ def select(
     store: Optional[Path] = typer.Option(
         None, "--store", help="Resumable on-disk row store for large pools (energy rows); reused when inputs match."),
     memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="With --store: peak RSS cap, e.g. 4GB."),
-    scheduler: str = typer.Option("serial", help="With --store: serial, local or tcp://host:port (Dask)."),
+    scheduler: str = typer.Option("serial", help="With --store: serial, local, processes or tcp://host:port (Dask)."),
     sparse_sample: int = typer.Option(
         50_000, help="With --store: environments sampled for the sparse points; 0 = exact choice."),
     export: Optional[Path] = typer.Option(

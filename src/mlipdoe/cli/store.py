@@ -23,7 +23,7 @@ def build(
     pool: List[Path] = typer.Argument(..., help="Candidate configurations: any file(s) ASE reads."),
     store: Path = typer.Option(..., "--store", help="Store folder (created, or resumed if it matches)."),
     memory_limit: Optional[str] = typer.Option(None, "--memory-limit", help="Peak RSS cap, e.g. 4GB."),
-    scheduler: str = typer.Option("serial", help="serial, local (Dask threads) or tcp://host:port (Dask cluster)."),
+    scheduler: str = typer.Option("serial", help="serial, local (Dask threads), processes (one Dask worker process per core) or tcp://host:port (Dask cluster)."),
     chunk_size: Optional[int] = typer.Option(None, help="Frames per chunk (default: ≤100, fitted to the limit)."),
     sparse_sample: int = typer.Option(50_000, help="Environments sampled for the sparse points; 0 = exact."),
     dtype: str = typer.Option("float64", help="Row precision: float64 or float32."),

@@ -26,6 +26,10 @@ class SpeciesBlock:
     gradients : dict
         Optional raw (un-normalised) gradients, keyed by ``"positions"`` or
         ``"strain"``; the layout is the backend's and documented there.
+    gradient_scale : (D,) float64 or None
+        Per-component factor the stored gradients still need: ∂p/∂r = gradients × gradient_scale
+        (a backend that weights components folds the weights into what multiplies the
+        gradients instead of rewriting them). None means 1.
     """
 
     values: np.ndarray
@@ -33,6 +37,7 @@ class SpeciesBlock:
     frame: np.ndarray
     atom: np.ndarray
     gradients: dict = field(default_factory=dict)
+    gradient_scale: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.frame)

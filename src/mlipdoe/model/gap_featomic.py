@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -262,36 +263,43 @@ def kernel_gradient_rows(desc, sparse, kernel, n_atoms: Sequence[int], *, positi
     zeta, d2 = float(kernel.zeta), kernel.delta**2
     for z, block in desc.blocks.items():
         dots = _species_dots(block, z, sparse, cols)  # (n_env, M_z)
-        Z = sparse.vectors[z]
-        x = block.values
-        # dk/dp = A ⊙ (z·dp − (x·z)(x·dp)),  A = δ² ζ (x·z)^{ζ−1} / |p|
+        # dk/dp = A ⊙ (z·dp − (x·z)(x·dp)),  A = δ² ζ (x·z)^{ζ−1} / |p|; the second term is
+        # summed per centre first: Σ_i (x_i·dp_i) ⊗ (A ⊙ x·z)_i, a sparse product with n_env × M_z
         A = d2 * zeta * (dots ** (zeta - 1.0) if zeta != 1 else np.ones_like(dots)) / block.norms[:, None]
+        B = A * dots
+        scale = block.gradient_scale
+        Z = np.require(sparse.vectors[z] * scale if scale is not None else sparse.vectors[z], requirements=["A", "C"])
+        x = block.values * scale if scale is not None else block.values  # z·(s ⊙ dp) = (s ⊙ z)·dp
         Mz = Z.shape[0]
-        if positions:
-            G, samples = block.gradients["positions"]
-            row, frame, atom = samples[:, 0], samples[:, 1], samples[:, 2]
-            D = G.shape[-1]
-            dk = (G.reshape(-1, D) @ Z.T).reshape(-1, 3, Mz)
-            gx = np.einsum("gcd,gd->gc", G, x[row])
-            dk -= gx[:, :, None] * dots[row][:, None, :]
-            dk *= A[row][:, None, :]
-            target = offsets[frame] + atom  # global atom index in the chunk
-            # sum over centres i of the samples moving the same atom j (sparse scatter-add)
-            S = scipy.sparse.csr_matrix((np.ones(len(target)), (target, np.arange(len(target)))),
-                                        shape=(offsets[-1], len(target)))
-            forces[:, cols[z]] -= (S @ dk.reshape(len(target), 3 * Mz)).reshape(-1, Mz)
-        if strain:
-            G, samples = block.gradients["strain"]
+        for name, wanted in (("positions", positions), ("strain", strain)):
+            if not wanted:
+                continue
+            G, samples = block.gradients[name]
             row = samples[:, 0]
-            D = G.shape[-1]
-            dk = (G.reshape(-1, D) @ Z.T).reshape(-1, 3, 3, Mz)
-            gx = np.einsum("gabd,gd->gab", G, x[row])
-            dk -= gx[:, :, :, None] * dots[row][:, None, None, :]
-            dk *= A[row][:, None, None, :]
-            frame_of = block.frame[row]
-            S = scipy.sparse.csr_matrix((np.ones(len(row)), (frame_of, np.arange(len(row)))),
-                                        shape=(n_frames, len(row)))
-            strain_full[:, :, :, cols[z]] -= (S @ dk.reshape(len(row), 9 * Mz)).reshape(n_frames, 3, 3, Mz)
+            D, n_grad = G.shape[-1], len(row)
+            width = 3 if name == "positions" else 9
+            G2 = np.require(G, requirements=["A", "C"]).reshape(n_grad * width, D)
+            dk = (G2 @ Z.T).reshape(n_grad, width, Mz)
+            dk *= A[row][:, None, :]
+            gx = np.matmul(G.reshape(n_grad, width, D), x[row][:, :, None])[:, :, 0]  # (n_grad, width) x_i·dp
+            if name == "positions":
+                target = offsets[samples[:, 1]] + samples[:, 2]  # global atom index in the chunk
+                n_out = offsets[-1]
+            else:
+                target = block.frame[row]
+                n_out = n_frames
+            # Σ over the samples (centres i) that move the same atom j (or deform the same frame)
+            S = scipy.sparse.csr_matrix((np.ones(n_grad), (target, np.arange(n_grad))), shape=(n_out, n_grad))
+            first = (S @ dk.reshape(n_grad, width * Mz)).reshape(n_out * width, Mz)
+            # Σ_i gx_(ij,a) B_i: rows (j, a), columns the centres i
+            T = scipy.sparse.csr_matrix((gx.reshape(-1), ((target[:, None] * width + np.arange(width)).reshape(-1),
+                                                           np.repeat(row, width))),
+                                        shape=(n_out * width, len(dots)))
+            second = T @ B
+            if name == "positions":
+                forces[:, cols[z]] -= first - second
+            else:
+                strain_full[:, :, :, cols[z]] -= (first - second).reshape(n_frames, 3, 3, Mz)
     virials = None
     if strain:
         sym = 0.5 * (strain_full + strain_full.transpose(0, 2, 1, 3))
@@ -348,24 +356,41 @@ def iter_observation_rows(descriptor, frames: Sequence[Atoms], *, sparse, kernel
         if want_v and not np.all(atoms.pbc):
             raise InputError(f"frame {k} is not periodic in all directions: virials need a full cell "
                              "(drop 'virials' from the observations)")
-    for start, stop in _atom_chunks(frames, max_atoms):
-        chunk = frames[start:stop]
-        desc = descriptor.compute(chunk, gradients=gradients)
-        n_atoms = np.array([len(a) for a in chunk], dtype=np.int64)
-        forces, virials = kernel_gradient_rows(desc, sparse, kernel, n_atoms, positions=want_f, strain=want_v)
-        psi_e = whiten(L, chunk_energy_rows(desc, sparse, kernel))
-        psi_f = whiten(L, forces) if want_f else None
-        psi_v = whiten(L, virials) if want_v else None
-        offsets = np.concatenate([[0], np.cumsum(n_atoms) * 3])
-        for local, atoms in enumerate(chunk):
-            index = start + local
-            ct = config_types[index] if config_types is not None else atoms.info.get("config_type")
-            yield index, observation_block(
-                noise, int(n_atoms[local]), ct, psi_e[local],
-                forces=psi_f[offsets[local] : offsets[local + 1]] if want_f else None,
-                virials=psi_v[6 * local : 6 * local + 6] if want_v else None)
-        if progress is not None:
-            progress(len(chunk), int(n_atoms.sum()))
+    ranges = list(_atom_chunks(frames, max_atoms))
+    # the next chunk's descriptors are computed in a second thread while this one's rows are
+    # formed (featomic and BLAS release the GIL): the two stages overlap on two cores, and
+    # each chunk's numbers are those of a serial run
+    with ThreadPoolExecutor(max_workers=1) as ahead:
+        pending = ahead.submit(descriptor.compute, frames[ranges[0][0]:ranges[0][1]], gradients=gradients) \
+            if ranges else None
+        for k, (start, stop) in enumerate(ranges):
+            desc = pending.result()
+            if k + 1 < len(ranges):
+                a, b = ranges[k + 1]
+                pending = ahead.submit(descriptor.compute, frames[a:b], gradients=gradients)
+            yield from _chunk_observation_rows(desc, frames, start, stop, sparse=sparse, kernel=kernel, L=L,
+                                               noise=noise, want_f=want_f, want_v=want_v,
+                                               config_types=config_types)
+            if progress is not None:
+                progress(stop - start, sum(len(a) for a in frames[start:stop]))
+
+
+def _chunk_observation_rows(desc, frames, start, stop, *, sparse, kernel, L, noise, want_f, want_v, config_types):
+    """The ``(frame_index, ObservationRows)`` of frames ``start:stop`` from their descriptors ``desc``."""
+    chunk = frames[start:stop]
+    n_atoms = np.array([len(a) for a in chunk], dtype=np.int64)
+    forces, virials = kernel_gradient_rows(desc, sparse, kernel, n_atoms, positions=want_f, strain=want_v)
+    psi_e = whiten(L, chunk_energy_rows(desc, sparse, kernel))
+    psi_f = whiten(L, forces) if want_f else None
+    psi_v = whiten(L, virials) if want_v else None
+    offsets = np.concatenate([[0], np.cumsum(n_atoms) * 3])
+    for local, atoms in enumerate(chunk):
+        index = start + local
+        ct = config_types[index] if config_types is not None else atoms.info.get("config_type")
+        yield index, observation_block(
+            noise, int(n_atoms[local]), ct, psi_e[local],
+            forces=psi_f[offsets[local] : offsets[local + 1]] if want_f else None,
+            virials=psi_v[6 * local : 6 * local + 6] if want_v else None)
 
 
 @dataclass
