@@ -88,6 +88,7 @@ def main(argv=None) -> None:
     p.add_argument("--check-frames", type=int, default=100, help="frames checked against the full block")
     p.add_argument("--memory-limit", default=None)
     p.add_argument("--blas-threads", type=int, default=1)
+    p.add_argument("--scheduler", default=None, help="serial (default), local, processes or tcp://host:port")
     p.add_argument("--root", default=None, help="store folder parent (default: a temporary folder)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -107,11 +108,12 @@ def main(argv=None) -> None:
     noise = Noise(force=args.sigma_force)
     opts = dict(store=store, soap=soap, noise=noise, observations=("energy", "forces"), n_sparse=args.n_sparse,
                 force_information=args.information, memory_limit=args.memory_limit, seed=args.seed)
+    cold_opts = dict(opts, scheduler=args.scheduler)
     print(f"{len(frames)} Zr frames ({n_atoms.min()}–{n_atoms.max()} atoms, {n_atoms.sum()} in all), "
           f"M = {args.n_sparse}, σ_F = {args.sigma_force} eV/Å, force information kept ≥ {args.information}")
     with limit:
         t = time.perf_counter()
-        cold = build_model_stored(frames, **opts)
+        cold = build_model_stored(frames, **cold_opts)
         t_cold = time.perf_counter() - t
         peak_build = peak_rss()
         t_bare = bare_gradients(frames, cold.soap, store)

@@ -795,3 +795,43 @@ def test_force_store_on_local_worker_processes_matches_serial(frames, force_refe
     _assert_same_chunks(_chunk_arrays(tmp_path / "p"), _chunk_arrays(force_reference.store_info["path"]))
     assert all(np.array_equal(a, b) for a, b in zip(model.factors, force_reference.factors))
 
+
+
+def test_force_factors_read_from_disk_give_the_in_memory_numbers_and_designs(frames, force_reference, tmp_path):
+    """factors_in_memory=False: every factor is read from the chunk files when asked, with the
+    bits of the loaded ones, and d and i pick the same frames with the same gains."""
+    from mlipdoe.criteria import IOptimal
+    from mlipdoe.store import StoredFactors
+
+    path = force_reference.store_info["path"]
+    disk = build_model_stored(frames, store=path, sparse_sample=None, observations=FORCES, factors_in_memory=False,
+                              **OPTS)
+    assert isinstance(disk.factors, StoredFactors) and disk.store_info["chunks_computed"] == 0
+    assert not disk.store_info["factors_in_memory"] and force_reference.store_info["factors_in_memory"]
+    assert len(disk.factors) == len(force_reference.factors)
+    assert all(np.array_equal(disk.factors[s], force_reference.factors[s]) for s in range(len(frames)))
+    assert np.array_equal(disk.factor_ranks, force_reference.factor_ranks)
+    available = np.ones(len(frames), dtype=bool)
+    for make in (DOptimal, IOptimal):
+        runs = [greedy(make().initialize(m), 6, available=available) for m in (force_reference, disk)]
+        assert runs[0].selected == runs[1].selected
+        np.testing.assert_array_equal(runs[0].gains, runs[1].gains)
+    disk.factors.close()
+
+
+def test_force_factors_over_the_memory_limit_go_to_disk_with_a_note(frames, force_reference, monkeypatch):
+    """Default: factors that do not fit --memory-limit are read from disk, and a note says so;
+    factors_in_memory=True under the same limit is refused in one line."""
+    from mlipdoe.store import RowStore, StoredFactors, current_rss
+
+    path = force_reference.store_info["path"]
+    # the store's factors pretend to need 100 GB: over any limit this test can set
+    monkeypatch.setattr(RowStore, "force_rank_sum", lambda self: (10**11 // (8 * force_reference.M), len(frames)))
+    opts = dict(store=path, sparse_sample=None, observations=FORCES, memory_limit=current_rss() + 2 * 10**9, **OPTS)
+    with pytest.raises(ConfigurationError, match="memory limit"):
+        build_model_stored(frames, factors_in_memory=True, **opts)
+    model = build_model_stored(frames, **opts)
+    assert isinstance(model.factors, StoredFactors) and model.store_info["chunks_computed"] == 0
+    assert any("do not fit under the memory limit" in n and "read from the store's chunk files" in n
+               for n in model.notes)
+    assert all(np.array_equal(model.factors[s], force_reference.factors[s]) for s in (0, len(frames) - 1))

@@ -577,44 +577,52 @@ class RowStore:
                 frames += len(h["force_offsets"]) - 1
         return rows, frames
 
-    def load_factors(self, psi: np.ndarray, energy_scale: np.ndarray, force_scale: np.ndarray) -> dict:
-        """Every frame's factor W_s = [ψ_s·energy_scale_s ; R_s·force_scale_s], stacked.
+    def load_factors(self, psi: np.ndarray, energy_scale: np.ndarray, force_scale: np.ndarray, *,
+                     in_memory: bool = True) -> dict:
+        """Every frame's factor W_s = [ψ_s·energy_scale_s ; R_s·force_scale_s].
 
-        Returns a dict with ``blocks`` ((N + Σ k_s) × M, store dtype; frame s owns rows
-        ``offsets[s]:offsets[s + 1]``, its energy row first), ``offsets`` (N + 1,),
-        ``ranks`` k_s (N,), ``full_ranks`` rank of Ψ_F,s (N,), ``retained`` (N,) the share
-        of log det(I + R_sᵀR_s·force_scale_s²) the kept rows hold (from the stored singular
-        values), and ``moment`` Σ_s Ψ_F,sᵀΨ_F,s / (3 n_s) (M × M).
+        Returns a dict with ``factors`` (N factors, frame s's (1 + k_s) × M in the store
+        dtype, energy row first: views into one stacked array, or with ``in_memory=False``
+        a :class:`StoredFactors` that reads them from the chunk files when asked, with the
+        same numbers), ``bytes`` (their size in memory), ``ranks`` k_s (N,), ``full_ranks``
+        rank of Ψ_F,s (N,), ``retained`` (N,) the share of log det(I + R_sᵀR_s·force_scale_s²)
+        the kept rows hold (from the stored singular values), and ``moment``
+        Σ_s Ψ_F,sᵀΨ_F,s / (3 n_s) (M × M).
         """
         N, M = psi.shape
         ranks = np.empty(N, dtype=np.int64)
         full_ranks = np.empty(N, dtype=np.int64)
         retained = np.empty(N)
         moment = np.zeros((M, M))
-        chunks = []
+        chunk_offsets = []
         for start, stop, h in self._iter_chunk_files():
             off = h["force_offsets"][()]
+            chunk_offsets.append(off)
             ranks[start:stop] = np.diff(off)
             sv, soff = h["force_singular"][()], h["singular_offsets"][()]
             full_ranks[start:stop] = np.diff(soff)
             moment += h["force_moment"][()]
             for local in range(stop - start):
-                s = sv[soff[local] : soff[local + 1]]
-                terms = np.log1p((s * force_scale[start + local]) ** 2)
+                sing = sv[soff[local] : soff[local + 1]]
+                terms = np.log1p((sing * force_scale[start + local]) ** 2)
                 total = terms.sum()
                 retained[start + local] = terms[: ranks[start + local]].sum() / total if total > 0 else 1.0
-            chunks.append((start, stop))
+        out = {"ranks": ranks, "full_ranks": full_ranks, "retained": retained, "moment": moment,
+               "bytes": int((ranks.sum() + N) * M * self.dtype.itemsize)}
+        if not in_memory:
+            out["factors"] = StoredFactors(self, psi, energy_scale, force_scale, chunk_offsets)
+            return out
         offsets = np.concatenate([[0], np.cumsum(ranks + 1)]).astype(np.int64)
         blocks = np.empty((int(offsets[-1]), M), dtype=self.dtype)
         energy_at = offsets[:-1]
         blocks[energy_at] = psi * energy_scale[:, None]
-        for (start, stop), (_, _, h) in zip(chunks, self._iter_chunk_files()):
+        for start, stop, h in self._iter_chunk_files():
             R = h["force_factors"][()]
             owner = np.repeat(np.arange(start, stop), ranks[start:stop])
             within = np.arange(len(R)) - np.repeat(h["force_offsets"][:-1], ranks[start:stop])
             blocks[offsets[owner] + 1 + within] = R * force_scale[owner, None]
-        return {"blocks": blocks, "offsets": offsets, "ranks": ranks, "full_ranks": full_ranks,
-                "retained": retained, "moment": moment}
+        out["factors"] = [blocks[offsets[s] : offsets[s + 1]] for s in range(N)]
+        return out
 
     def load_mean_descriptors(self) -> np.ndarray:
         """Mean-pooled descriptors (N, S·D) float32, e.g. for FPS over frames."""
@@ -625,6 +633,71 @@ class RowStore:
                 out = np.empty((self.n_frames, ds.shape[1]), dtype=np.float32)
             ds.read_direct(out, dest_sel=np.s_[start:stop])
         return out
+
+
+class StoredFactors(Sequence):
+    """The frames' force-store factors, read from the chunk files when asked.
+
+    ``factors[s]`` is W_s = [ψ_s·energy_scale_s ; R_s·force_scale_s] ((1 + k_s) × M, the
+    store dtype), the same numbers :meth:`RowStore.load_factors` stacks in memory: only
+    that frame's rows of its chunk's ``force_factors`` are read. Memory: the energy rows
+    (held by the model anyway) and at most :attr:`max_open` open chunk files. Criteria
+    ask for factors a batch of candidates at a time, so a gains sweep over the pool
+    holds one batch of factors, whatever N.
+    """
+
+    #: Chunk files kept open (least recently used closed first).
+    max_open = 64
+
+    def __init__(self, store: RowStore, psi, energy_scale, force_scale, chunk_offsets):
+        self._store, self._psi = store, psi
+        self._energy_scale, self._force_scale = energy_scale, force_scale
+        self._offsets = chunk_offsets
+        self._open: dict = {}
+        self.sizes = np.concatenate([np.diff(o) for o in chunk_offsets]).astype(np.int64) + 1 \
+            if chunk_offsets else np.zeros(0, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._psi)
+
+    def _file(self, chunk: int):
+        import h5py
+
+        h = self._open.pop(chunk, None)
+        if h is None:
+            if len(self._open) >= self.max_open:
+                oldest = next(iter(self._open))
+                self._open.pop(oldest).close()
+            h = h5py.File(self._store._chunk_path(chunk), "r")
+        self._open[chunk] = h  # most recent last
+        return h
+
+    def __getitem__(self, s):
+        if isinstance(s, slice):
+            return [self[k] for k in range(*s.indices(len(self)))]
+        s = int(s)
+        if not -len(self) <= s < len(self):
+            raise IndexError(f"frame {s} is not in the pool of {len(self)}")
+        s %= len(self)
+        chunk = s // self._store.chunk_size
+        local = s - chunk * self._store.chunk_size
+        lo, hi = int(self._offsets[chunk][local]), int(self._offsets[chunk][local + 1])
+        W = np.empty((1 + hi - lo, self._psi.shape[1]), dtype=self._store.dtype)
+        W[0] = self._psi[s] * self._energy_scale[s]
+        if hi > lo:
+            W[1:] = self._file(chunk)["force_factors"][lo:hi] * self._force_scale[s]
+        return W
+
+    def close(self) -> None:
+        for h in self._open.values():
+            h.close()
+        self._open.clear()
+
+    def __del__(self):  # pragma: no cover - interpreter shutdown order
+        try:
+            self.close()
+        except Exception:
+            pass
 
 
 def store_key(inputs: dict) -> str:
@@ -781,6 +854,7 @@ def build_model_stored(
     progress: Progress = NULL_PROGRESS,
     force_information: float = DEFAULT_FORCE_INFORMATION,
     force_sigma: float | None = None,
+    factors_in_memory: bool | None = None,
 ) -> InformationModel:
     """Whitened energy rows (and force factors) of a large pool through a resumable on-disk store.
 
@@ -816,6 +890,12 @@ def build_model_stored(
     force_sigma : float, optional
         The σ_F floor (eV/Å) the truncation is chosen at: the store serves any noise
         with every σ_F ≥ it. Default: the smallest force σ of ``noise``.
+    factors_in_memory : bool, optional
+        Where the loaded force factors live: True in memory (refused in one line when they
+        do not fit ``memory_limit``), False read from the chunk files when a criterion asks
+        for them (:class:`StoredFactors`: same numbers, memory bounded by one batch of
+        candidates), None (default) in memory unless they do not fit ``memory_limit``, then
+        on disk with a note.
     dtype : {"float64", "float32"}
         Storage and in-memory precision of Ψ (and of the force factors).
     pool_sha256 : str or list of str, optional
@@ -904,7 +984,8 @@ def build_model_stored(
         plan = plan_chunk_size(memory_limit=limit, baseline_bytes=baseline, n_frames=N,
                                mean_atoms=n_atoms_total / N, dimension=dimension, M=M_total,
                                itemsize=np.dtype(dtype).itemsize, in_flight=in_flight if client else 1,
-                               chunk_size=chunk_size, forces=forces, factor_rows=_stored_factor_rows(store, forces),
+                               chunk_size=chunk_size, forces=forces,
+                               factor_rows=_stored_factor_rows(store, forces) if factors_in_memory else 0.0,
                                gradient_samples=gradient_samples)
         rs = RowStore.open(store, inputs, n_frames=N, chunk_size=plan.chunk_size, dtype=dtype,
                            gradient_atoms=plan.gradient_atoms)
@@ -953,7 +1034,8 @@ def build_model_stored(
     if not np.array_equal(stored_atoms, n_atoms):
         raise StoreMismatchError(f"store {store} does not match the frames' atom counts; delete it and rebuild")
     energy_variance = noise.energy_variance(n_atoms, config_types)
-    loaded = _load_force_factors(rs, psi, energy_variance, noise, config_types, limit) if forces else None
+    loaded = _load_force_factors(rs, psi, energy_variance, noise, config_types, limit,
+                                 factors_in_memory) if forces else None
     timings["store_load"] = time.perf_counter() - t
     timings["build_total"] = time.perf_counter() - t_start
     model = InformationModel(
@@ -965,9 +1047,10 @@ def build_model_stored(
                                  pool_environments=n_atoms_total),
     )
     if loaded is not None:
-        blocks, offsets = loaded["blocks"], loaded["offsets"]
-        model.factors = [blocks[offsets[s] : offsets[s + 1]] for s in range(N)]
+        model.factors = loaded["factors"]
         model.pool_force_moment = loaded["moment"] / N
+        if "note" in loaded:
+            model.notes.append(loaded["note"])
     # facts about the store run (not seconds, so not in ``timings``)
     model.store_info = {
         "path": str(rs.path), "key": rs.manifest["key"], "chunk_size": rs.chunk_size, "n_chunks": rs.n_chunks,
@@ -985,7 +1068,7 @@ def build_model_stored(
             "force_full_rank_mean": float(loaded["full_ranks"].mean()),
             "force_retained_min": float(loaded["retained"].min()),
             "force_retained_worst_frame": int(loaded["retained"].argmin()),
-            "factor_bytes": int(loaded["blocks"].nbytes),
+            "factor_bytes": loaded["bytes"], "factors_in_memory": isinstance(loaded["factors"], list),
         })
     return model
 
@@ -1041,18 +1124,28 @@ def _stored_factor_rows(store, forces: bool) -> float:
     return 1.0 + rows / n if n else 0.0
 
 
-def _load_force_factors(rs: RowStore, psi, energy_variance, noise: Noise, config_types, limit) -> dict:
-    """The factors of a complete force store, after checking they fit ``limit``."""
+def _load_force_factors(rs: RowStore, psi, energy_variance, noise: Noise, config_types, limit,
+                        in_memory: bool | None) -> dict:
+    """The factors of a complete force store: in memory, or read from disk when asked
+    (``in_memory=False``) or, by default, when they do not fit ``limit`` (then ``note`` says so)."""
     rows, n = rs.force_rank_sum()
     need = (rows + n) * psi.shape[1] * psi.dtype.itemsize
-    if limit is not None and current_rss() + need > limit:
+    over = limit is not None and current_rss() + need > limit
+    if in_memory and over:
         raise ConfigurationError(
             f"the force factors need {need / 1e9:.3g} GB ({rows / max(n, 1):.1f} rows per frame of M = "
             f"{psi.shape[1]}) on top of {current_rss() / 1e9:.3g} GB in use, over the memory limit "
-            f"{limit / 1e9:.3g} GB; raise --memory-limit, use dtype float32 or a lower force_information")
+            f"{limit / 1e9:.3g} GB; raise --memory-limit, use dtype float32, a lower force_information, "
+            "or keep the factors on disk")
     cts = config_types if config_types is not None else [None] * len(psi)
     force_scale = np.array([1.0 / noise.sigma("force", ct) for ct in cts])
-    return rs.load_factors(psi, 1.0 / np.sqrt(energy_variance), force_scale)
+    on_disk = in_memory is False or (in_memory is None and over)
+    out = rs.load_factors(psi, 1.0 / np.sqrt(energy_variance), force_scale, in_memory=not on_disk)
+    if on_disk and in_memory is None:
+        out["note"] = (f"the force factors ({need / 1e9:.3g} GB) do not fit under the memory limit "
+                       f"{limit / 1e9:.3g} GB: they are read from the store's chunk files when needed "
+                       "(same designs, slower gains)")
+    return out
 
 
 def _check_resumable_under(plan: ChunkPlan, rs: "RowStore") -> None:

@@ -250,3 +250,16 @@ class InformationCriterion(Criterion):
         """Build the state's Cholesky factor now, so that trial removals undone with
         :meth:`restore` do not each build it again."""
         self.state.factor()
+
+
+#: Candidates whose factors a gains sweep over block factors holds at once.
+BLOCK_BATCH = 1024
+
+
+def batched(candidates, gains_of) -> np.ndarray:
+    """``gains_of(part)`` over ``candidates``, :data:`BLOCK_BATCH` at a time: a sweep over a pool
+    whose factors are read from disk (:class:`~mlipdoe.store.StoredFactors`) holds one batch."""
+    candidates = np.asarray(candidates, dtype=np.int64)
+    if len(candidates) <= BLOCK_BATCH:
+        return np.asarray(gains_of(candidates), dtype=float)
+    return np.concatenate([gains_of(candidates[a : a + BLOCK_BATCH]) for a in range(0, len(candidates), BLOCK_BATCH)])

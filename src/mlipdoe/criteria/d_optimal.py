@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .base import InformationCriterion
+from .base import InformationCriterion, batched
 
 
 class DOptimal(InformationCriterion):
@@ -133,7 +133,7 @@ class DOptimal(InformationCriterion):
             candidates = np.asarray(candidates, dtype=np.int64)
             self._bring_up_to_date(candidates)
             return np.log1p(self._q[candidates])
-        return self.state.block_gains([self.model.factor(int(c)) for c in candidates])
+        return batched(candidates, lambda part: self.state.block_gains([self.model.factor(int(c)) for c in part]))
 
     def _update(self, index: int, sign: int) -> float:
         # C_with = C_out − K u uᵀ: adding, C loses K u uᵀ (c = K); removing, it gains it (c = −K)
@@ -154,3 +154,4 @@ class DOptimal(InformationCriterion):
 
     def value(self) -> float:
         return self.state.log_det
+

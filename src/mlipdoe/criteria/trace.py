@@ -8,7 +8,7 @@ import numpy as np
 import scipy.linalg.lapack
 
 from ..state import _ger
-from .base import InformationCriterion, TargetRows, target_rows
+from .base import InformationCriterion, TargetRows, batched, target_rows
 
 _EPS = np.finfo(float).eps
 
@@ -163,16 +163,32 @@ class TraceCriterion(InformationCriterion):
         return self
 
     # -- O(N M²) path -----------------------------------------------------------------
-    def _block_gain(self, W: np.ndarray) -> float:
-        U = self.state.C @ W.T
-        S = np.eye(len(W)) + W @ U
-        return float(np.trace(np.linalg.solve(S, U.T @ self.B @ U)))
+    def _block_gains(self, blocks: Sequence[np.ndarray]) -> np.ndarray:
+        """tr(K Uᵀ B U) of each block W (U = C Wᵀ, K = (I + W U)⁻¹): two GEMMs of the stacked
+        rows (X = W C, X B), then the (k × k) systems solved together, padded with identity."""
+        part = [np.atleast_2d(np.asarray(W, dtype=float)) for W in blocks]
+        sizes = np.array([len(W) for W in part])
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        W = np.concatenate(part)
+        X = W @ self.state.C
+        XB = X @ self.B
+        k = int(sizes.max())
+        S = np.zeros((len(part), k, k))
+        S[:, np.arange(k), np.arange(k)] = 1.0
+        N = np.zeros((len(part), k, k))
+        for b in range(len(part)):
+            lo, hi = offsets[b], offsets[b + 1]
+            S[b, : hi - lo, : hi - lo] += X[lo:hi] @ W[lo:hi].T
+            N[b, : hi - lo, : hi - lo] = XB[lo:hi] @ X[lo:hi].T
+        return np.trace(np.linalg.solve(S, N), axis1=1, axis2=2)
 
     def reference_gains(self, candidates: np.ndarray) -> np.ndarray:
         """Gains from C directly (O(M²) per candidate; blocks O(M² r)); state unchanged."""
         candidates = np.asarray(candidates, dtype=np.int64)
         if not self._rank_one:
-            return np.array([self._block_gain(np.atleast_2d(self.model.factor(int(c)))) for c in candidates])
+            return batched(candidates, lambda part: np.concatenate([
+                self._block_gains([self.model.factor(int(c)) for c in part[a : a + 64]])
+                for a in range(0, len(part), 64)]))
         out = np.empty(len(candidates))
         for start in range(0, len(candidates), self.chunk_size):
             chunk = candidates[start : start + self.chunk_size]

@@ -133,6 +133,9 @@ class PoolInformation:
         """Rows of each frame's factor (N,)."""
         if self.factors is None:
             return np.ones(self.n_frames, dtype=np.int64)
+        sizes = getattr(self.factors, "sizes", None)  # factors read from disk know their sizes
+        if sizes is not None:
+            return np.asarray(sizes, dtype=np.int64)
         return np.array([len(f) for f in self.factors], dtype=np.int64)
 
     def energy_factors(self, indices=slice(None)) -> np.ndarray:
