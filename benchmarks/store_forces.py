@@ -3,6 +3,7 @@
     python benchmarks/store_forces.py [--n-frames 2000] [--n-sparse 300] [--picks 200]
                                       [--information 0.999] [--check-frames 100]
                                       [--memory-limit 4GB] [--blas-threads 1]
+                                      [--scheduler serial|local|processes|tcp://…]
 
 Generates ``--n-frames`` strained + rattled hcp Zr cells, a third each of 16, 32 and 64
 atoms (supercells 2,2,2 / 2,2,4 / 4,4,2, shuffled), builds the force store
@@ -13,7 +14,10 @@ target, energy observable) on the loaded force factors. Prints in one run:
 - the cold build vs the bare featomic gradient computation (``compute(...,
   gradients=["positions"])``) on the same atom chunks the store's force pass uses;
 - the warm rerun (the store is only loaded);
-- the I picks; peak RSS; bytes per frame of the loaded factors;
+- the I picks, and the bare products of one I-gains sweep (every frame's U = C Wᵀ, B U,
+  Uᵀ(BU), W U and k × k solve) times the picks: end to end (cold build + picks) over the bare
+  featomic gradients + that bare selection work;
+- peak RSS; bytes per frame of the loaded factors;
 - compression: mean k_s vs 3 n_s and the rank of Ψ_F,s, the worst frame's kept share
   of its force information at σ_F (from the stored singular values, every frame), and on
   ``--check-frames`` frames the kept share of the *full* block log det(I + W_sᵀW_s)
@@ -63,6 +67,18 @@ def bare_gradients(frames, soap: SOAP, store) -> float:
         chunk = frames[a:b]
         for lo, hi in _atom_chunks(chunk, rs.gradient_atoms):
             calculator.compute(chunk[lo:hi], gradients=["positions"])
+    return time.perf_counter() - t
+
+
+def bare_i_sweep(model, B: np.ndarray) -> float:
+    """Seconds of the bare products one I-gains sweep over every frame's block needs
+    (U = C Wᵀ, B U, Uᵀ(BU), W U and a k × k solve per frame, C = I after no pick)."""
+    C = np.eye(model.M)
+    t = time.perf_counter()
+    for s in range(model.n_frames):
+        W = model.factor(s)
+        U = C @ W.T
+        np.trace(np.linalg.solve(np.eye(len(W)) + W @ U, U.T @ (B @ U)))
     return time.perf_counter() - t
 
 
@@ -122,8 +138,10 @@ def main(argv=None) -> None:
         t_warm = time.perf_counter() - t
         assert warm.store_info["chunks_computed"] == 0
         t = time.perf_counter()
-        run = greedy(IOptimal().initialize(warm), args.picks, available=np.ones(len(frames), dtype=bool))
+        crit = IOptimal().initialize(warm)
+        run = greedy(crit, args.picks, available=np.ones(len(frames), dtype=bool))
         t_pick = time.perf_counter() - t
+        t_sweep = bare_i_sweep(warm, crit.B) if args.picks else 0.0
         rng = np.random.default_rng(1)
         check = np.sort(rng.choice(len(frames), min(args.check_frames, len(frames)), replace=False))
         share = full_block_share(warm, frames, check)
@@ -136,6 +154,12 @@ def main(argv=None) -> None:
           f"build / bare = {t_cold / t_bare:.2f}")
     print(f"warm rerun          {t_warm:8.1f} s   (load only: {warm.timings['store_load']:.1f} s)")
     print(f"{args.picks} i picks        {t_pick:8.1f} s   (greedy, {run.n_evaluations} gain evaluations)")
+    if args.picks:
+        bare_total = t_bare + t_sweep * args.picks
+        print(f"bare i sweep        {t_sweep:8.2f} s   per pick (the products of every frame's gain) × {args.picks} = "
+              f"{t_sweep * args.picks:.1f} s")
+        print(f"end to end          {t_cold + t_pick:8.1f} s   vs bare featomic grads + bare selection {bare_total:.1f} s: "
+              f"ratio {(t_cold + t_pick) / bare_total:.2f}; warm rerun + picks {t_warm + t_pick:.1f} s")
     print(f"peak RSS            {peak_build / GB:8.2f} GB after the build, {peak_rss() / GB:.2f} GB at the end")
     per_frame = info["factor_bytes"] / len(frames)
     print(f"factors in memory   {info['factor_bytes'] / 1e6:8.1f} MB = {per_frame / 1e3:.1f} kB per frame "

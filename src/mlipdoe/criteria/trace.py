@@ -165,7 +165,10 @@ class TraceCriterion(InformationCriterion):
     # -- O(N M²) path -----------------------------------------------------------------
     def _block_gains(self, blocks: Sequence[np.ndarray]) -> np.ndarray:
         """tr(K Uᵀ B U) of each block W (U = C Wᵀ, K = (I + W U)⁻¹): two GEMMs of the stacked
-        rows (X = W C, X B), then the (k × k) systems solved together, padded with identity."""
+        rows (X = W C, X B), then the (k × k) systems solved together, padded with identity.
+
+        O(k M²) per block of k rows, all of it in the two GEMMs; groups of 8 blocks were as
+        fast as one at a time and 25 % faster than 64 (the padding) at M = 300, k ≈ 60."""
         part = [np.atleast_2d(np.asarray(W, dtype=float)) for W in blocks]
         sizes = np.array([len(W) for W in part])
         offsets = np.concatenate([[0], np.cumsum(sizes)])
@@ -187,8 +190,8 @@ class TraceCriterion(InformationCriterion):
         candidates = np.asarray(candidates, dtype=np.int64)
         if not self._rank_one:
             return batched(candidates, lambda part: np.concatenate([
-                self._block_gains([self.model.factor(int(c)) for c in part[a : a + 64]])
-                for a in range(0, len(part), 64)]))
+                self._block_gains([self.model.factor(int(c)) for c in part[a : a + 8]])
+                for a in range(0, len(part), 8)]))
         out = np.empty(len(candidates))
         for start in range(0, len(candidates), self.chunk_size):
             chunk = candidates[start : start + self.chunk_size]
