@@ -254,33 +254,13 @@ def test_cli_store_build_on_an_external_dask_cluster(tmp_path):
     pool = tmp_path / "pool.xyz"
     ase.io.write(pool, zr_example(30, seed=4), format="extxyz")
     opts = ["--n-sparse", "12", "--n-max", "4", "--l-max", "3", "--chunk-size", "6", "--sparse-sample", "0", "-q"]
-    sched_file = tmp_path / "scheduler.json"
-    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                               "--port", "0", "--no-dashboard", "--scheduler-file", str(sched_file)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
-    try:
-        address, deadline = None, time.time() + 60
-        while address is None and time.time() < deadline:
-            try:
-                address = json.loads(sched_file.read_text())["address"]
-            except (OSError, ValueError, KeyError):  # not written yet, or half written
-                time.sleep(0.1)
-        assert address, "the Dask scheduler did not start"
-        procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", "--scheduler-file",
-                                       str(sched_file), "--nworkers", "2", "--nthreads", "1", "--no-dashboard"],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    with _external_dask_cluster(tmp_path) as address:
         from dask.distributed import Client
 
-        with Client(address, timeout=60) as client:
-            client.wait_for_workers(2, timeout=60)
         remote = run_cli("store", "build", pool, "--store", tmp_path / "remote", "--scheduler", address, *opts)
         assert remote.returncode == 0, remote.stderr
         with Client(address, timeout=60) as client:  # the row tasks ran on this cluster
             assert "mlipdoe-rows" in client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.task_prefixes))
-    finally:
-        for p in reversed(procs):
-            p.terminate()
-            p.wait(timeout=30)
     serial = run_cli("store", "build", pool, "--store", tmp_path / "serial", *opts)
     assert serial.returncode == 0, serial.stderr
     M = 12
