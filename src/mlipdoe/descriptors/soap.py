@@ -191,9 +191,8 @@ class FeatomicSOAP:
         """Per neighbour pair (fixed order) the weights of its selected components, (l, n₁, n₂) order."""
         if not self._weights:
             for k, (a, b) in enumerate(self._pairs.values.tolist()):
-                n = np.array([(n1, n2) for _ in range(self.soap.l_max + 1) for n1 in range(self.soap.n_max)
-                              for n2 in range(self.soap.n_max) if a != b or n1 <= n2])
-                self._weights[k] = np.where((a == b) & (n[:, 0] < n[:, 1]), np.sqrt(2.0), 1.0)
+                n = pair_components(a == b, self.soap.n_max, self.soap.l_max)
+                self._weights[k] = np.where((a == b) & (n[:, 1] < n[:, 2]), np.sqrt(2.0), 1.0)
         return [self._weights[k] for k in range(len(self._pairs))]
 
     def compute(self, frames: Sequence[Atoms], *, gradients: Sequence[str] = ()) -> AtomicDescriptors:
@@ -229,19 +228,24 @@ class FeatomicSOAP:
         return AtomicDescriptors(blocks, len(frames))
 
 
+def pair_components(same_species: bool, n_max: int, l_max: int) -> np.ndarray:
+    """(l, n₁, n₂) of the independent components of one neighbour pair (P, 3): n₁ ≤ n₂ for one species."""
+    return np.array([(ell, n1, n2) for ell in range(l_max + 1) for n1 in range(n_max) for n2 in range(n_max)
+                     if not same_species or n1 <= n2], dtype=np.int32)
+
+
 def independent_components(species: Sequence[int], n_max: int, l_max: int):
-    """featomic ``selected_properties``: (l, n₁, n₂) with n₁ ≤ n₂ for pairs of one neighbour species, all for two."""
+    """featomic ``selected_properties``: :func:`pair_components` for every (centre, pair) key."""
     from metatensor import Labels, TensorBlock, TensorMap
 
     keys, blocks = [], []
     for centre in species:
         for i, a in enumerate(species):
             for b in species[i:]:
-                props = [(ell, n1, n2) for ell in range(l_max + 1) for n1 in range(n_max) for n2 in range(n_max)
-                         if a != b or n1 <= n2]
+                props = pair_components(a == b, n_max, l_max)
                 keys.append((centre, a, b))
                 blocks.append(TensorBlock(values=np.zeros((1, len(props))), samples=Labels.single(), components=[],
-                                          properties=Labels(["l", "n_1", "n_2"], np.array(props, dtype=np.int32))))
+                                          properties=Labels(["l", "n_1", "n_2"], props)))
     return TensorMap(Labels(["center_type", "neighbor_1_type", "neighbor_2_type"], np.array(keys, dtype=np.int32)),
                      blocks)
 
