@@ -95,7 +95,7 @@ from .model.kernels import (
     choose_sparse_points,
     sparse_point_notes,
 )
-from .model.rows import compress_rows, information_rank, whiten
+from .model.rows import _single_blas_thread, compress_rows, information_rank, whiten
 from .pool import frames_sha256
 from .progress import NULL_PROGRESS, Progress
 
@@ -331,7 +331,8 @@ def chunk_force_factors(frames: Sequence[Atoms], soap: SOAP, sparse: SparsePoint
         f = rows.psi[rows.kind == "force"]
         R = compress_rows(f)
         if len(R):
-            moment += R.T @ R / len(f)
+            with _single_blas_thread():  # the same bits in every process (see rows.whiten)
+                moment += R.T @ R / len(f)
         k = information_rank(R, sigma_force**2, information)
         factors.append(R[:k])
         singular.append(np.sqrt(np.einsum("ij,ij->i", R, R)))

@@ -61,7 +61,7 @@ from .kernels import (
     choose_sparse_points,
     sparse_point_notes,
 )
-from .rows import _VOIGT_PAIRS, ObservationRows, whiten
+from .rows import _VOIGT_PAIRS, ObservationRows, _single_blas_thread, whiten
 
 #: Atoms per featomic call in the gradient pass (gradients are ~50 neighbours × 3 × D per atom).
 DEFAULT_GRADIENT_CHUNK_ATOMS = 1000
@@ -376,13 +376,19 @@ def iter_observation_rows(descriptor, frames: Sequence[Atoms], *, sparse, kernel
 
 
 def _chunk_observation_rows(desc, frames, start, stop, *, sparse, kernel, L, noise, want_f, want_v, config_types):
-    """The ``(frame_index, ObservationRows)`` of frames ``start:stop`` from their descriptors ``desc``."""
+    """The ``(frame_index, ObservationRows)`` of frames ``start:stop`` from their descriptors ``desc``.
+
+    The products run on one BLAS thread: OpenBLAS's threaded GEMM rounds differently from its
+    single-threaded one, and worker processes run single-threaded, so this gives every process
+    (and every machine) the same rows.
+    """
     chunk = frames[start:stop]
     n_atoms = np.array([len(a) for a in chunk], dtype=np.int64)
-    forces, virials = kernel_gradient_rows(desc, sparse, kernel, n_atoms, positions=want_f, strain=want_v)
-    psi_e = whiten(L, chunk_energy_rows(desc, sparse, kernel))
-    psi_f = whiten(L, forces) if want_f else None
-    psi_v = whiten(L, virials) if want_v else None
+    with _single_blas_thread():  # left before the first yield: the limit is process-wide
+        forces, virials = kernel_gradient_rows(desc, sparse, kernel, n_atoms, positions=want_f, strain=want_v)
+        psi_e = whiten(L, chunk_energy_rows(desc, sparse, kernel))
+        psi_f = whiten(L, forces) if want_f else None
+        psi_v = whiten(L, virials) if want_v else None
     offsets = np.concatenate([[0], np.cumsum(n_atoms) * 3])
     for local, atoms in enumerate(chunk):
         index = start + local

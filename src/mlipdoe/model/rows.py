@@ -128,10 +128,11 @@ def compress_rows(W: np.ndarray, rtol: float = COMPRESSION_RTOL) -> np.ndarray:
     W = np.atleast_2d(W)
     if W.shape[0] == 0:
         return W.copy()
-    try:
-        _, s, vt = scipy.linalg.svd(W, full_matrices=False, lapack_driver="gesdd", check_finite=False)
-    except np.linalg.LinAlgError:  # pragma: no cover - gesdd rarely fails to converge
-        _, s, vt = scipy.linalg.svd(W, full_matrices=False, lapack_driver="gesvd", check_finite=False)
+    with _single_blas_thread():  # the same factor in every process, threaded or not (see whiten)
+        try:
+            _, s, vt = scipy.linalg.svd(W, full_matrices=False, lapack_driver="gesdd", check_finite=False)
+        except np.linalg.LinAlgError:  # pragma: no cover - gesdd rarely fails to converge
+            _, s, vt = scipy.linalg.svd(W, full_matrices=False, lapack_driver="gesvd", check_finite=False)
     keep = s > rtol * s[0] if s[0] > 0 else np.zeros(len(s), dtype=bool)
     return np.ascontiguousarray(s[keep, None] * vt[keep])
 
