@@ -243,3 +243,107 @@ def test_weight_factor_is_graded_and_handles_rank_deficiency(model):
         d = np.sqrt(np.diag(B))
         assert np.all(np.abs(Y.T @ Y - B) <= bound * np.outer(d, d))
     assert weight_factor(np.zeros((3, 3))).shape == (0, 3)
+
+
+# -- block factors (energy + force rows) ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def force_model():
+    """Frames of 8 and 16 atoms, energy + force rows: factors of several sizes."""
+    from mlipdoe.generate import ZR_HCP_A, ZR_HCP_C, generate_strained
+    from mlipdoe.model import build_model
+
+    frames = []
+    for seed, cell in enumerate([(2, 2, 1), (2, 2, 2)]):
+        frames += generate_strained("Zr", structure="hcp", a=ZR_HCP_A, c=ZR_HCP_C, n_frames=100,
+                                    max_strain=0.04, rattle=0.04, supercell=cell, seed=seed)
+    return build_model(frames, soap=SMALL_SOAP, n_sparse=60, observations=("energy", "forces"))
+
+
+def block_reference(crit):
+    crit.fast_block_max_entries = 0
+    return crit
+
+
+def block_state(crit):
+    """``crit`` keeping the block state on these small factors (k̄ ≈ 0.6 M)."""
+    crit.fast_block_row_fraction = 1.0
+    return crit
+
+
+def force_options(name, target, m):
+    if target == "forces":
+        return {"force_moment": mlipdoe.api.target_moment(m, "forces")}
+    if target == "energy,forces":
+        return {"force_moment": mlipdoe.api.target_moment(m, "energy,forces")}
+    return {}
+
+
+@pytest.mark.parametrize("name,target,n", [("i", None, 80), ("i", "forces", 40), ("i", "energy,forces", 40),
+                                           ("a", None, 40)])
+def test_block_gains_match_reference(name, target, n, force_model):
+    """Block trace gains kept from H_c and S_c equal the O(N k M²) gains of the same state
+    to 1e-8 relative for every candidate over n picks (σ_E = 1 meV), pick the same
+    frames, and the greedy designs equal those of the O(N k M²) path."""
+    m = force_model
+    assert len(np.unique(m.factor_ranks)) > 1
+    crit = block_state(make_criterion(name, **force_options(name, target, m))).initialize(m)
+    assert crit._fast_blocks
+    picks, worst = run_and_compare(crit, n)
+    print(f"{name} target={target}: worst relative |fast − reference| over {n} picks {worst:.2e}, "
+          f"frames recomputed from C {crit.n_row_refreshes} ({crit.n_row_refreshes / m.n_frames:.1f} sweeps)")
+    assert worst <= RTOL
+    ref = block_reference(make_criterion(name, **force_options(name, target, m))).initialize(m)
+    assert not ref._fast_blocks
+    assert greedy(ref, n, available=np.ones(m.n_frames, bool)).selected == picks
+
+
+def test_block_removals_snapshots_and_exchange(force_model):
+    """Trial removals (sign −1 updates of H_c, S_c), in-place restores and exchange agree
+    with the O(N k M²) path."""
+    m = force_model
+    available = np.ones(m.n_frames, bool)
+    crit = block_state(make_criterion("i")).initialize(m, fixed=[3])
+    assert crit._fast_blocks
+    run = greedy(crit, 20, available=available)
+    cands = np.flatnonzero(~np.isin(np.arange(m.n_frames), crit.members + [3]))
+    before = crit.gains(cands)
+    crit.prepare_removals()
+    snap = crit.snapshot()
+    live = crit._vec
+    for j in run.selected[::4]:
+        crit.remove(j)
+        np.testing.assert_allclose(crit.gains(cands), crit.reference_gains(cands), rtol=RTOL)
+        crit.restore(snap)
+        assert crit._vec is live  # the rows were copied back into the same arrays
+        np.testing.assert_array_equal(crit.gains(cands), before)
+    ex = exchange(crit, run.selected, available=available, max_iter=1)
+    ref = block_reference(make_criterion("i")).initialize(m, fixed=[3])
+    ex_ref = exchange(ref, greedy(ref, 20, available=available).selected, available=available, max_iter=1)
+    assert ex.selected == ex_ref.selected
+    assert ex.value == pytest.approx(ex_ref.value, rel=1e-9)
+
+
+def test_block_gains_with_existing_rows_and_fixed_frames(force_model):
+    """C ≠ I at the start: H_c and S_c built from C."""
+    m = force_model
+    rng = np.random.default_rng(1)
+    existing = mlipdoe.criteria.ExistingRows(factors=[m.factor(int(s)) * 0.9 for s in rng.choice(m.n_frames, 4)],
+                                             psi=m.psi[:4], n_atoms=m.n_atoms[:4])
+    crit = block_state(make_criterion("i", existing=existing)).initialize(m, fixed=[0, 7])
+    assert crit._fast_blocks and not crit._identity
+    _, worst = run_and_compare(crit, 40, candidates_every=4)
+    assert worst <= RTOL
+
+
+def test_block_state_only_where_it_pays(force_model):
+    """The block state is kept for factors of at most ``fast_block_row_fraction`` M rows on
+    average that fit ``fast_block_max_entries``; otherwise the direct gains."""
+    m = force_model
+    assert np.mean(m.factor_ranks) > 0.25 * m.M
+    assert not make_criterion("i").initialize(m)._fast_blocks
+    assert block_state(make_criterion("a")).initialize(m)._fast_blocks
+    crit = block_state(make_criterion("i"))
+    crit.fast_block_max_entries = int(np.sum(m.factor_ranks)) * m.M - 1
+    assert not crit.initialize(m)._fast_blocks
