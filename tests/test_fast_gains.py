@@ -298,6 +298,18 @@ def test_block_gains_match_reference(name, target, n, force_model):
     assert not ref._fast_blocks
     assert greedy(ref, n, available=np.ones(m.n_frames, bool)).selected == picks
 
+    # independent: C W_cᵀ from F̃ of the design summed in long double, refined solves
+    W_design = np.concatenate([m.factor(s) for s in picks])
+    cands = np.flatnonzero(~np.isin(np.arange(m.n_frames), picks))[::17]
+    B = crit.B.astype(np.longdouble)
+    expected = []
+    for c in cands:
+        W = m.factor(int(c))
+        X = solve_refined(W_design, W.T)  # M × k
+        S = np.eye(len(W), dtype=np.longdouble) + W.astype(np.longdouble) @ X
+        expected.append(np.trace(np.linalg.solve(S.astype(float), (X.T @ B @ X).astype(float))))
+    np.testing.assert_allclose(crit.gains(cands), expected, rtol=RTOL, atol=0)
+
 
 def test_block_removals_snapshots_and_exchange(force_model):
     """Trial removals (sign −1 updates of H_c, S_c), in-place restores and exchange agree
