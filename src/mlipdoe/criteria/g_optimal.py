@@ -37,7 +37,8 @@ class GOptimal(InformationCriterion):
     is at most the next target's gap. The first block of targets (:attr:`first_targets`)
     is scored for every candidate by one N × M × k product over the pool's rows; only
     candidates whose minimum is still above the next gap go on to the next block (twice
-    as many targets, their rows gathered). The gains are those of scoring all T targets
+    as many targets, their rows gathered; candidates taken :attr:`max_block_entries` /
+    block size at a time, so that a block of many targets holds ~4·10⁶ products). The gains are those of scoring all T targets
     (no tolerance is involved), at O(N M k) per pick when few candidates go on, against
     O(T N M). Worst case O(T N M): when the target variances are all within a
     candidate's gain, as at the first pick from an empty design (C = I; 11 s of the first
@@ -210,8 +211,10 @@ class GOptimal(InformationCriterion):
         key = ("E", lo, hi)
         if key not in self._cache:
             t = self._order()[lo:hi]
-            E = self._times_covariance(self._psi_t[t].T)
-            E /= np.sqrt(self._n2[t])[None, :]
+            E = np.empty((self.model.M, len(t)))
+            for a in range(0, len(t), 4096):  # the refinement's temporaries for 4096 targets at a time
+                part = t[a : a + 4096]
+                E[:, a : a + len(part)] = self._times_covariance(self._psi_t[part].T) / np.sqrt(self._n2[part])[None, :]
             self._cache[key] = E
         return self._cache[key]
 
@@ -241,15 +244,16 @@ class GOptimal(InformationCriterion):
         while len(left) and lo < T:
             hi = min(T, lo + size)
             E = self._target_block(lo, hi)
-            rows = candidates[left]
-            if lo == 0 and len(rows) > self.model.n_frames // 8:
-                A = self._first_block_products(E)[rows]
-            else:
-                A = self.model.psi[rows] @ E
-            A *= root[left][:, None]
-            np.square(A, out=A)  # κ_c a_tc² / n_t²
-            A += gap[order[lo:hi]][None, :]
-            best[left] = np.minimum(best[left], A.min(axis=1))
+            first = lo == 0 and len(left) > self.model.n_frames // 8
+            step = max(1, self.max_block_entries // (hi - lo))  # candidates × targets held at once
+            for a in range(0, len(left), step):
+                part = left[a : a + step]
+                rows = candidates[part]
+                A = self._first_block_products(E)[rows] if first else self.model.psi[rows] @ E
+                A *= root[part][:, None]
+                np.square(A, out=A)  # κ_c a_tc² / n_t²
+                A += gap[order[lo:hi]][None, :]
+                best[part] = np.minimum(best[part], A.min(axis=1))
             following = gap[order[hi]] if hi < T else np.inf
             left = left[best[left] > following]
             lo, size = hi, 2 * size
