@@ -99,6 +99,10 @@ def main(argv=None) -> None:
         for name in [c for c in args.criteria.split(",") if c]:
             crit = make_criterion(name)
             t_fast, run = timed(crit, model, args.picks)
+            if not crit._fast_blocks:
+                print(f"{name}  no block state here (mean factor rows {ranks.mean():.0f} > "
+                      f"{crit.fast_block_row_fraction} M, or over fast_block_max_entries): the direct gains ran")
+                continue
             state = sum(g.H.nbytes + g.S.nbytes for g in crit._vec.groups)
             print(f"{name}  block state     {1e3 * t_fast / args.picks:8.1f} ms/pick over {args.picks} picks "
                   f"({t_fast:.1f} s); frames recomputed from C {crit.n_row_refreshes} "
