@@ -38,8 +38,9 @@ class GOptimal(InformationCriterion):
     is scored for every candidate by one N × M × k product over the pool's rows; only
     candidates whose minimum is still above the next gap go on to the next block (twice
     as many targets, their rows gathered; candidates taken :attr:`max_block_entries` /
-    block size at a time, so that a block of many targets holds ~4·10⁶ products). The gains are those of scoring all T targets
-    (no tolerance is involved), at O(N M k) per pick when few candidates go on, against
+    block size at a time, so that a block of many targets holds ~4·10⁶ products). The
+    gains are those of scoring all T targets (no tolerance is involved), at O(N M k) per
+    pick when few candidates go on, against
     O(T N M). Worst case O(T N M): when the target variances are all within a
     candidate's gain, as at the first pick from an empty design (C = I; 11 s of the first
     200 picks from 2·10⁴ frames, M = 500, pool target), every target is needed. The
